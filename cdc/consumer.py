@@ -1,0 +1,155 @@
+"""The Kafka side: read the mapped topics in batches and hand them on with their offsets.
+
+Partitions are assigned manually, not through group rebalancing: one Feedstore instance
+owns its feeds' topics outright (decision 5), and its offsets live in DuckDB next to the
+rows (decision 4), so a restart seeks to exactly what was committed there. The offsets
+are also committed to the Kafka group afterwards, best-effort, so that the standard
+tools (``kafka-consumer-groups --describe``) show the lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from cdc.records import Record
+
+log = logging.getLogger("feedstore.consumer")
+
+Offsets = dict[tuple[str, int], int]
+Sink = Callable[[Sequence[Record], Offsets], Any]
+
+
+def kafka_consumer(bootstrap: str, group_id: str, **overrides: Any) -> KafkaConsumer:
+    """A kafka-python consumer tuned for large batches; needs the ``crc32c`` package for speed."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "fetch_max_wait_ms": 50,
+        "metadata_max_age_ms": 5_000,
+        "client_id": f"feedstore-{group_id}",
+    }
+    settings.update(overrides)
+    return KafkaConsumer(**settings)
+
+
+@dataclass
+class BatchPolicy:
+    max_events: int = 20_000
+    max_wait_ms: int = 100
+
+
+class Consumer:
+    """Polls the given topics and calls ``sink(records, next_offsets)`` once per batch.
+
+    ``sink`` must make the records and offsets durable together; when it raises, the
+    same batch is offered again after a pause, so nothing is skipped and the stored
+    offsets never run ahead of the data.
+    """
+
+    def __init__(self, client: KafkaConsumer, topics: Sequence[str], stored: Offsets, sink: Sink,
+                 policy: BatchPolicy | None = None, *, rediscover_s: float = 5.0) -> None:
+        self.client = client
+        self.topics = list(topics)
+        self.stored = dict(stored)
+        self.sink = sink
+        self.policy = policy or BatchPolicy()
+        self.rediscover_s = rediscover_s
+        self.assigned: set[TopicPartition] = set()
+        self.stopping = threading.Event()
+        self.last_error: str | None = None
+        self._discovered_at = 0.0
+
+    def discover(self) -> None:
+        """Assign every partition of the mapped topics that exists now; seek new ones."""
+        self._discovered_at = time.monotonic()
+        wanted: set[TopicPartition] = set()
+        for topic in self.topics:
+            for p in self.client.partitions_for_topic(topic) or ():
+                wanted.add(TopicPartition(topic, p))
+        new = wanted - self.assigned
+        if not new:
+            return
+        self.client.assign(sorted(wanted))
+        for tp in wanted:
+            stored = self.stored.get((tp.topic, tp.partition))
+            if stored is not None:
+                self.client.seek(tp, stored)
+            elif tp in new:
+                self.client.seek_to_beginning(tp)
+        self.assigned = wanted
+        log.info("assigned", extra={"partitions": len(wanted), "new": sorted(f"{t.topic}[{t.partition}]" for t in new)})
+
+    def poll_batch(self) -> list[Record]:
+        if time.monotonic() - self._discovered_at > self.rediscover_s:
+            self.client.topics()  # refresh metadata so new topics/partitions show up
+            self.discover()
+        if not self.assigned:
+            time.sleep(0.2)
+            return []
+        records: list[Record] = []
+        deadline = time.monotonic() + self.policy.max_wait_ms / 1000
+        while len(records) < self.policy.max_events:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            polled = self.client.poll(timeout_ms=left_ms, max_records=self.policy.max_events - len(records))
+            for tp, msgs in polled.items():
+                records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                               for m in msgs)
+        return records
+
+    def run(self) -> None:
+        self.discover()
+        while not self.stopping.is_set():
+            records = self.poll_batch()
+            if not records:
+                continue
+            offsets: Offsets = {}
+            for r in records:
+                offsets[(r.topic, r.partition)] = r.offset + 1
+            self._deliver(records, offsets)
+
+    def _deliver(self, records: list[Record], offsets: Offsets) -> None:
+        pause = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.sink(records, offsets)
+            except Exception as ex:  # noqa: BLE001 - the line must not stop; the error is surfaced
+                self.last_error = str(ex)
+                log.error("batch not stored; retrying", extra={"error": str(ex), "events": len(records),
+                                                                "retry_in_s": pause})
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            self.last_error = None
+            self.stored.update(offsets)
+            self._commit_to_group(offsets)
+            return
+
+    def _commit_to_group(self, offsets: Offsets) -> None:
+        try:
+            self.client.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                      for (t, p), o in offsets.items()})
+        except KafkaError as ex:
+            log.debug("group commit failed (lag display only)", extra={"error": str(ex)})
+
+    def seek(self, offsets: Offsets) -> None:
+        """Move the read position (replays). Call from the consumer's own thread only."""
+        for (topic, partition), offset in offsets.items():
+            self.client.seek(TopicPartition(topic, partition), offset)
+
+    def stop(self) -> None:
+        self.stopping.set()

