@@ -47,8 +47,7 @@ def window_sql(feed: Feed, *, for_json: bool = False) -> str:
 def csv_chunks(store: Store, feed: Feed, start: datetime, end: datetime) -> Iterator[bytes]:
     """CSV with a header row, RFC 4180 quoting, one chunk per Arrow batch."""
     with store.cursor() as cur:
-        cur.execute(window_sql(feed), {"start": start, "end": end})
-        reader = arrow_reader(cur, BATCH_ROWS)
+        reader = arrow_reader(cur, window_sql(feed), {"start": start, "end": end}, BATCH_ROWS)
         header = True
         for batch in reader:
             buf = io.BytesIO()
@@ -63,8 +62,7 @@ def json_chunks(store: Store, feed: Feed, start: datetime, end: datetime) -> Ite
     """A JSON array streamed row by row: DuckDB builds each object, Python only joins them."""
     sql = f"SELECT CAST(to_json(w) AS VARCHAR) FROM ({window_sql(feed, for_json=True)}) w"
     with store.cursor() as cur:
-        cur.execute(sql, {"start": start, "end": end})
-        reader = arrow_reader(cur, BATCH_ROWS)
+        reader = arrow_reader(cur, sql, {"start": start, "end": end}, BATCH_ROWS)
         sep = b"["
         for batch in reader:
             rows = batch.column(0).to_pylist()

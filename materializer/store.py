@@ -121,9 +121,14 @@ class Store:
         self._db.close()
 
 
-def arrow_reader(cur: duckdb.DuckDBPyConnection, rows: int) -> pa.RecordBatchReader:
-    """The executed query's result as Arrow batches of ``rows``, streamed, not materialized."""
-    return cur.to_arrow_reader(rows)
+def arrow_reader(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any],
+                 rows: int) -> pa.RecordBatchReader:
+    """A query's result as Arrow batches of ``rows``, streamed, not materialized.
+
+    Through a relation (``cur.sql``), not ``execute``: DuckDB copies DB-API results once
+    more before handing them to Arrow.
+    """
+    return cur.sql(sql, params=params).to_arrow_reader(rows)
 
 
 def scalar(cur: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> Any:
