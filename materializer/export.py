@@ -51,7 +51,7 @@ def csv_chunks(store: Store, feed: Feed, start: datetime, end: datetime) -> Iter
         header = True
         for batch in reader:
             buf = io.BytesIO()
-            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=header))
+            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=header, quoting_style="needed"))
             header = False
             yield buf.getvalue()
         if header:  # empty window: still a header, so the client sees the columns

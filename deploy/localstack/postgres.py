@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def _binaries() -> Path:
     if override:
         return Path(override)
     try:
-        from pgserver._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # platformdirs complains about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
     except ImportError as ex:
         found = shutil.which("pg_ctl")
         if found is None:
@@ -55,7 +58,9 @@ class Postgres:
     def _owner(self) -> tuple[int | None, int | None]:
         if os.geteuid() != 0:
             return None, None
-        from pgserver.utils import ensure_user_exists
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver.utils import ensure_user_exists
 
         entry = ensure_user_exists(_PG_USER)
         assert entry is not None
