@@ -54,3 +54,22 @@ def _stamp(params: Mapping[str, object], name: str) -> datetime:
     except ValueError:
         raise falcon.HTTPInvalidParam("Not a real calendar date and time; send YYYY-MM-DD HH:MM:SS.",
                                       name) from None
+
+
+def accepts_gzip(req: falcon.Request) -> bool:
+    """True when ``Accept-Encoding`` lists gzip (or ``*``) with a non-zero q value."""
+    header = req.get_header("Accept-Encoding") or ""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        return q > 0
+    return False

@@ -55,8 +55,11 @@ class Consumer:
     """Polls the given topics and calls ``sink(records, next_offsets)`` once per batch.
 
     ``sink`` must make the records and offsets durable together; when it raises, the
-    same batch is offered again after a pause, so nothing is skipped and the stored
-    offsets never run ahead of the data.
+    same batch is offered again after a pause (backing off to 10 s), so nothing is
+    skipped and the stored offsets never run ahead of the data. The loop itself never
+    dies of a Kafka or sink error: it reports it in :attr:`last_error` (which /ready
+    shows) and keeps trying, because an operator would rather fix a full disk or a
+    frozen broker than restart the service.
     """
 
     def __init__(self, client: KafkaConsumer, topics: Sequence[str], stored: Offsets, sink: Sink,
@@ -70,7 +73,14 @@ class Consumer:
         self.assigned: set[TopicPartition] = set()
         self.stopping = threading.Event()
         self.last_error: str | None = None
+        self.failing_since: float | None = None  # wall clock of the first failure in a row
+        self.failures = 0  # failed attempts in a row
+        self.batches = 0
+        self.events = 0
+        self.last_batch_at: float | None = None
         self._discovered_at = 0.0
+        # High-water marks from fetch responses, for lag (tansu's ListOffsets(latest) under-reports).
+        self.highwater: dict[tuple[str, int], int | None] = {}
 
     def discover(self) -> None:
         """Assign every partition of the mapped topics that exists now; seek new ones."""
@@ -97,7 +107,7 @@ class Consumer:
             self.client.topics()  # refresh metadata so new topics/partitions show up
             self.discover()
         if not self.assigned:
-            time.sleep(0.2)
+            self.stopping.wait(1.0)  # no mapped topic exists yet (Debezium creates them)
             return []
         records: list[Record] = []
         deadline = time.monotonic() + self.policy.max_wait_ms / 1000
@@ -109,12 +119,32 @@ class Consumer:
             for tp, msgs in polled.items():
                 records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
                                for m in msgs)
+        self._note_highwater()
         return records
 
+    def _note_highwater(self) -> None:
+        """Remember each partition's high-water mark (consumer thread only; replaced whole,
+        so other threads read a consistent dict)."""
+        self.highwater = {(tp.topic, tp.partition): self.client.highwater(tp) for tp in self.assigned}
+
+    def lag(self) -> dict[tuple[str, int], int | None]:
+        """Events per partition not yet stored; None until a fetch has reported the partition's end."""
+        stored = self.stored
+        return {key: None if hw is None else max(0, hw - stored.get(key, 0)) for key, hw in self.highwater.items()}
+
     def run(self) -> None:
-        self.discover()
+        pause = 0.5
         while not self.stopping.is_set():
-            records = self.poll_batch()
+            try:
+                if not self.assigned:
+                    self.discover()
+                records = self.poll_batch()
+            except Exception as ex:  # noqa: BLE001 - a broker outage must not end the loop
+                self._failed("reading from Kafka failed; retrying", ex, pause, events=0)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            pause = 0.5
             if not records:
                 continue
             offsets: Offsets = {}
@@ -128,16 +158,30 @@ class Consumer:
             try:
                 self.sink(records, offsets)
             except Exception as ex:  # noqa: BLE001 - the line must not stop; the error is surfaced
-                self.last_error = str(ex)
-                log.error("batch not stored; retrying", extra={"error": str(ex), "events": len(records),
-                                                                "retry_in_s": pause})
+                self._failed("batch not stored; retrying", ex, pause, events=len(records))
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 10.0)
                 continue
+            if self.last_error is not None:
+                log.info("recovered", extra={"after_failures": self.failures,
+                                             "failing_s": round(time.time() - (self.failing_since or time.time()), 1)})
             self.last_error = None
+            self.failing_since = None
+            self.failures = 0
+            self.batches += 1
+            self.events += len(records)
+            self.last_batch_at = time.time()
             self.stored.update(offsets)
             self._commit_to_group(offsets)
             return
+
+    def _failed(self, what: str, ex: Exception, pause: float, *, events: int) -> None:
+        self.last_error = f"{what.split(';')[0]}: {ex}"
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        log.error(what, extra={"error": str(ex), "error_type": type(ex).__name__, "events": events,
+                               "retry_in_s": pause, "failures": self.failures})
 
     def _commit_to_group(self, offsets: Offsets) -> None:
         try:
@@ -150,6 +194,13 @@ class Consumer:
         """Move the read position (replays). Call from the consumer's own thread only."""
         for (topic, partition), offset in offsets.items():
             self.client.seek(TopicPartition(topic, partition), offset)
+
+    def status(self) -> dict[str, Any]:
+        """What /ready reports: healthy unless the current batch or poll keeps failing."""
+        return {"ok": self.last_error is None, "last_error": self.last_error,
+                "failing_since": self.failing_since, "failures": self.failures,
+                "batches": self.batches, "events": self.events, "last_batch_at": self.last_batch_at,
+                "partitions": len(self.assigned)}
 
     def stop(self) -> None:
         self.stopping.set()

@@ -29,8 +29,17 @@ class Settings:
     batch_max_events: int = 20_000
     batch_max_wait_ms: int = 100
     barrier_timeout_s: float = 2.0
+    max_event_bytes: int = 1024 * 1024  # larger Kafka values are quarantined (docs/guarantees.md)
     log_level: str = "INFO"
     log_format: str = "json"
+    # The API's security and operations (docs/api.md). Empty strings mean "not set".
+    credentials_path: str = ""  # YAML; unset = open API, allowed only on a loopback bind
+    trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
+    signature_max_skew_s: int = 300  # HMAC timestamps this far from our clock are refused
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, gunicorn serves HTTPS
+    tls_key: str = ""
+    ready_max_lag: int = 10_000  # /ready is 503 while more events than this wait in Kafka
+    access_log: str = "-"  # gunicorn's JSON access log: "-" stderr, a path, or "" for none
 
     _ENV = {
         "db_path": "FEEDSTORE_DB",
@@ -42,8 +51,16 @@ class Settings:
         "batch_max_events": "FEEDSTORE_BATCH_MAX_EVENTS",
         "batch_max_wait_ms": "FEEDSTORE_BATCH_MAX_WAIT_MS",
         "barrier_timeout_s": "FEEDSTORE_BARRIER_TIMEOUT_S",
+        "max_event_bytes": "FEEDSTORE_MAX_EVENT_BYTES",
         "log_level": "FEEDSTORE_LOG_LEVEL",
         "log_format": "FEEDSTORE_LOG_FORMAT",
+        "credentials_path": "FEEDSTORE_CREDENTIALS",
+        "trusted_proxies": "FEEDSTORE_TRUSTED_PROXIES",
+        "signature_max_skew_s": "FEEDSTORE_SIGNATURE_MAX_SKEW_S",
+        "tls_cert": "FEEDSTORE_TLS_CERT",
+        "tls_key": "FEEDSTORE_TLS_KEY",
+        "ready_max_lag": "FEEDSTORE_READY_MAX_LAG",
+        "access_log": "FEEDSTORE_ACCESS_LOG",
     }
 
     @classmethod
@@ -71,3 +88,9 @@ class Settings:
     def as_env(self) -> dict[str, str]:
         """The settings as environment variables, to hand to a child process."""
         return {var: str(getattr(self, name)) for name, var in self._ENV.items()}
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment, for settings that name other variables (a credential's
+    ``hmac_secret_env``): still read here and nowhere else."""
+    return os.environ

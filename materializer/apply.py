@@ -2,17 +2,26 @@
 
 Per batch there is exactly one DuckDB transaction holding the feed rows, the stamp and
 the Kafka offsets that produced them (decisions 1 and 4). Decoding is per event in
-Python (it has to be); everything after that is one SQL statement per feed over an
+Python (it has to be); everything after that is a few SQL statements per feed over an
 Arrow table of the whole batch (decision 6), which is what makes ~10^5 events/s
 possible where per-row upserts manage ~10^3.
+
+Per feed, one statement maps and validates the whole batch (materializer/validate.py
+has the rules): the mapping's expressions give raw values, the checks turn them into
+the spec's canonical typed values or NULL. A required field that ends up NULL
+quarantines the event, with the field, the value and the rule in the reason; an
+optional field whose given value is invalid is emitted empty and counted per feed,
+field and reason in ``fs_field_errors`` (and in ``BatchResult.invalid``). Nothing is
+dropped without a trace.
 
 Rows only move when their feed-visible content changes, and events older than the
 row's stored source position are skipped (decision 3), so replays are harmless.
 
-An event that cannot be decoded or mapped is quarantined with its coordinates and
-the rest of the batch goes on (decision 8). A mapping error shows up as a failed
-statement for the whole batch, so the culprits are found by bisecting in rolled-back
-trial transactions; that cost is paid only when a batch actually contains bad input.
+An event that cannot be decoded is quarantined with its coordinates and the rest of
+the batch goes on (decision 8). An expression that fails outright (a function that
+raises on some input) fails the statement for the whole batch, so the culprits are
+found by bisecting in rolled-back trial transactions; that cost is paid only when a
+batch actually contains such input.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,9 +40,12 @@ import pyarrow as pa
 from cdc.decode import Change, DecodeError, decode
 from cdc.records import Record
 from materializer import StoreError
+from materializer.casino import apply_actions, ensure_schema
+from materializer.casino_mapping import ActionsMapping
 from materializer.mapping import FeedMapping, SourceTable
 from materializer.stamp import utc_now
-from materializer.store import POS, SQL_TYPES, Store, q, scalar, table_name
+from materializer.store import POS, Store, q, scalar, table_name
+from materializer.validate import check, lit, register_vocab
 
 log = logging.getLogger("feedstore.materializer")
 
@@ -41,10 +53,12 @@ log = logging.getLogger("feedstore.materializer")
 DATA_ERRORS: tuple[type[Exception], ...] = (
     duckdb.ConversionException, duckdb.InvalidInputException, duckdb.BinderException,
     duckdb.OutOfRangeException, duckdb.ConstraintException, duckdb.TypeMismatchException,
-    pa.ArrowException,
+    duckdb.NotImplementedException, pa.ArrowException,
 )
 
 _I, _OP, _POS = "__fs_i", "__fs_op", "__fs_pos"
+_MISSING, _INVALID = "__fs_missing", "__fs_invalid"
+_EXAMPLE_CHARS = 200
 
 
 @dataclass
@@ -54,6 +68,8 @@ class BatchResult:
     changed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     skipped: int = 0  # tombstones, heartbeats, truncates: not row changes
     quarantined: int = 0
+    # Optional field values that were given but invalid, emitted empty; by feed.
+    invalid: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +86,35 @@ class _Reject:
 
 
 class Materializer:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_event_bytes: int | None = None) -> None:
         self.store = store
         self.mapping = store.mapping
+        # Larger values are quarantined undecoded (docs/guarantees.md): a CDC event of
+        # megabytes is a runaway column, not a CRM field, and must not stall the line.
+        self.max_event_bytes = max_event_bytes
+        ensure_schema(store)  # the casino actions table, when the mapping has one
 
-    def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int]) -> BatchResult:
-        """Apply ``records`` and move the stored offsets to ``next_offsets``, atomically."""
+    def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int], *,
+              also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> BatchResult:
+        """Apply ``records`` and move the stored offsets to ``next_offsets``, atomically.
+
+        ``also`` runs inside the same transaction, just before it commits (quarantine
+        retry marks the retried entries there, so a crash cannot apply without marking).
+        """
         result = BatchResult(events=len(records))
         changes, rejects = self._decode(records, result)
         with self.store.writer() as cur, self.store.stamper.batch() as stamp:
+            register_vocab(cur)
             result.stamp = stamp
             try:
-                self._commit(cur, records, changes, rejects, next_offsets, stamp, result)
+                self._commit(cur, records, changes, rejects, next_offsets, stamp, result, also)
             except DATA_ERRORS:
                 cur.rollback()
                 result.changed.clear()
+                result.invalid.clear()
                 bad = self._bisect(cur, records, changes, stamp)
                 good = [c for c in changes if c.index not in bad]
-                self._commit(cur, records, good, rejects + list(bad.values()), next_offsets, stamp, result)
+                self._commit(cur, records, good, rejects + list(bad.values()), next_offsets, stamp, result, also)
         return result
 
     # -- decoding ---------------------------------------------------------------------
@@ -101,6 +128,11 @@ class Materializer:
             if table is None:
                 rejects.append(_Reject(i, f"topic {rec.topic!r} is not mapped to any feed"))
                 continue
+            if self.max_event_bytes is not None and rec.value is not None and len(rec.value) > self.max_event_bytes:
+                rejects.append(_Reject(i, f"value is {len(rec.value):,} bytes, over the {self.max_event_bytes:,}-byte "
+                                          "limit (FEEDSTORE_MAX_EVENT_BYTES); if such rows are legitimate, raise it "
+                                          "and run `feedstore quarantine retry`"))
+                continue
             try:
                 change = decode(rec.topic, rec.key, rec.value, types=table.types, zone=table.zone)
             except DecodeError as ex:
@@ -109,6 +141,11 @@ class Materializer:
             if change is None or change.op in ("t", "m"):
                 result.skipped += 1
                 continue
+            if change.table != table.name and rec.topic == f"{self.mapping.topic_prefix}.{table.name}":
+                rejects.append(_Reject(i, f"event of table {change.table!r} on topic {rec.topic!r}, which carries "
+                                          f"{table.name!r}: a connector or routing mistake; map that table "
+                                          "(its own topic) or fix the routing"))
+                continue
             changes.append(_Decoded(i, change))
         return changes, rejects
 
@@ -116,7 +153,7 @@ class Materializer:
 
     def _commit(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
                 rejects: list[_Reject], next_offsets: dict[tuple[str, int], int], stamp: datetime,
-                result: BatchResult) -> None:
+                result: BatchResult, also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
         try:
             cur.begin()
             more = self._write(cur, records, changes, stamp, result)
@@ -128,6 +165,8 @@ class Materializer:
                     "INSERT OR REPLACE INTO fs_offsets VALUES (?, ?, ?, ?)",
                     [(t, p, o, now) for (t, p), o in next_offsets.items()])
             cur.execute("INSERT OR REPLACE INTO fs_meta VALUES ('last_stamp', ?)", [stamp.isoformat()])
+            if also is not None:
+                also(cur)
             cur.commit()
         except DATA_ERRORS:
             raise
@@ -143,11 +182,16 @@ class Materializer:
         for d in changes:
             by_topic[records[d.index].topic].append(d)
         for topic, group in by_topic.items():
+            staged, absent = _stage(group, records, self.mapping.columns(topic))
             # Re-registering replaces the previous batch's view; no unregister, which
             # would fail inside a transaction that a bad event has aborted.
-            cur.register("fs_stage", _stage(group, records, self.mapping.columns(topic)))
+            cur.register("fs_stage", staged)
             for fm in self.mapping.for_topic(topic):
-                rejects += _map_feed(cur, fm, stamp, result)
+                if isinstance(fm, ActionsMapping):  # game actions, aggregated per session (materializer/casino.py)
+                    rejects += [_Reject(i, why, fm.feed.name)
+                                for i, why in apply_actions(cur, fm, stamp, result.changed, result.invalid)]
+                    continue
+                rejects += _map_feed(cur, fm, stamp, result, absent)
         return rejects
 
     def _bisect(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
@@ -174,19 +218,33 @@ class Materializer:
         return bad
 
 
-def _stage(group: list[_Decoded], records: Sequence[Record], columns: frozenset[str]) -> pa.Table:
-    """One Arrow table for a topic's events: source columns plus index, op and position."""
+# --------------------------------------------------------------------------- staging
+
+def _stage(group: list[_Decoded], records: Sequence[Record],
+           columns: frozenset[str]) -> tuple[pa.Table, frozenset[str]]:
+    """One Arrow table for a topic's events: source columns plus index, op and position.
+
+    Also returns the referenced columns that no row event carried at all: those read
+    as NULL, which would hide a typo in the mapping, so the caller counts them.
+    """
     rows: list[dict[str, Any]] = []
     blank = dict.fromkeys(columns)
+    unseen = set(columns)
+    rows_seen = False
     for d in group:
         c = d.change
-        row = blank | ((c.before if c.op == "d" else c.after) or {})
+        image = (c.before if c.op == "d" else c.after) or {}
+        if c.op != "d":
+            rows_seen = True
+            if unseen:
+                unseen.difference_update(image)
+        row = blank | image
         row[_I] = d.index
         row[_OP] = c.op
         row[_POS] = c.position if c.position is not None else records[d.index].offset
         rows.append(row)
     try:
-        return pa.Table.from_pylist(rows)
+        table = pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # A column whose values change type across events (schema evolution): keep it as text.
         names = {k for r in rows for k in r}
@@ -197,35 +255,77 @@ def _stage(group: list[_Decoded], records: Sequence[Record], columns: frozenset[
                 cols[name] = pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 cols[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
-        return pa.table(cols)
+        table = pa.table(cols)
+    return _fit_decimals(table), frozenset(unseen if rows_seen else ())
 
+
+def _fit_decimals(table: pa.Table) -> pa.Table:
+    """DuckDB reads Arrow decimals up to 38 digits. Postgres numeric has no such limit,
+    and Arrow sizes a column for its widest value; such columns go in as text, so the
+    field checks judge each value (most still fit the feed's DECIMAL(38,8))."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_decimal(f.type) and f.type.precision > 38:
+            text = pa.array([None if v is None else str(v) for v in table.column(i).to_pylist()], pa.string())
+            table = table.set_column(i, f.name, text)
+    return table
+
+
+# --------------------------------------------------------------------------- mapping one feed
 
 def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime,
-              result: BatchResult) -> list[_Reject]:
+              result: BatchResult, absent: frozenset[str]) -> list[_Reject]:
     feed, t = fm.feed, table_name(fm.feed)
     cols = [f for f in feed.fields if f.name != feed.stamp]
-    select = ", ".join(
-        f"{'CAST' if f.required else 'TRY_CAST'}(({fm.exprs[f.name]}) AS {SQL_TYPES[f.type]}) AS {q(f.name)}"
-        for f in cols)
+    zone = fm.source.zone.key
+    raws = [f"__fs_r{n}" for n in range(len(cols))]
+    checks = [check(f, r, zone) for f, r in zip(cols, raws, strict=True)]
     key = ", ".join(q(k) for k in feed.key)
+    meta = f"{_OP}, {_POS}, {_I}"
+
+    def given_but_null(n: int) -> str:
+        return f"{q(cols[n].name)} IS NULL AND {checks[n].present}"
+
+    def example(n: int) -> str:
+        return f"left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})"
+
+    missing = [
+        f"CASE WHEN {q(f.name)} IS NULL THEN {lit(f.name + ': ')} || CASE WHEN {checks[n].present} "
+        f"THEN 'invalid value ''' || {example(n)} || ''' (' || {lit(checks[n].reason)} || ')' "
+        f"ELSE 'missing' END END"
+        for n, f in enumerate(cols) if f.required]
+    invalid = [
+        f"CASE WHEN {given_but_null(n)} THEN struct_pack(field := {lit(f.name)}, "
+        f"reason := {lit(checks[n].reason)}, example := {example(n)}) END"
+        for n, f in enumerate(cols) if not f.required and checks[n].reason]
     cur.execute(
-        f"CREATE OR REPLACE TEMP TABLE fs_mapped AS SELECT {select}, {_OP}, {_POS}, {_I} FROM fs_stage "
-        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {_POS} DESC, {_I} DESC) = 1")
-    required = [f for f in cols if f.required]
-    missing = " OR ".join(f"{q(f.name)} IS NULL" for f in required) or "FALSE"
-    missing_m = " OR ".join(f"m.{q(f.name)} IS NULL" for f in required) or "FALSE"
+        "CREATE OR REPLACE TEMP TABLE fs_mapped AS "
+        f"WITH r AS (SELECT {', '.join(f'({fm.exprs[f.name]}) AS {raw}' for f, raw in zip(cols, raws, strict=True))}, "
+        f"{meta} FROM fs_stage), "
+        f"n AS (SELECT {', '.join(f'{c.value} AS {q(f.name)}' for f, c in zip(cols, checks, strict=True))}, "
+        f"{', '.join(raws)}, {meta} FROM r) "
+        f"SELECT {', '.join(q(f.name) for f in cols)}, {meta}, "
+        f"NULLIF(concat_ws('; ', {', '.join(missing) or 'NULL'}), '') AS {_MISSING}, "
+        f"{'[' + ', '.join(invalid) + ']' if invalid else 'NULL'} AS {_INVALID} FROM n")
+
     rejects = [
-        _Reject(i, f"required field(s) empty after mapping: {reason}", feed.name)
+        _Reject(i, f"feed {feed.name}: required field(s) empty or invalid: {reason}", feed.name)
         for i, reason in cur.execute(
-            f"SELECT {_I}, concat_ws(', ', "
-            + ", ".join(f"CASE WHEN {q(f.name)} IS NULL THEN '{f.name}' END" for f in required)
-            + f") FROM fs_mapped WHERE {_OP} <> 'd' AND ({missing})").fetchall()
-    ] if required else []
+            f"SELECT {_I}, {_MISSING} FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NOT NULL").fetchall()]
+    if fm.delete_set:
+        no_key = " OR ".join(f"{q(k)} IS NULL" for k in feed.key)
+        rejects += [
+            _Reject(i, f"feed {feed.name}: delete event without its key ({', '.join(feed.key)}): the on_delete "
+                       "policy cannot find the row; map the key from the table's primary key columns, or set "
+                       "REPLICA IDENTITY FULL on the source table", feed.name)
+            for (i,) in cur.execute(f"SELECT {_I} FROM fs_mapped WHERE {_OP} = 'd' AND ({no_key})").fetchall()]
+    _count_invalid(cur, fm, stamp, result, bool(invalid), absent)
+
     on = " AND ".join(f"m.{q(k)} = f.{q(k)}" for k in feed.key)
     names = ", ".join(q(f.name) for f in feed.fields)
     updates = ", ".join(f"{q(f.name)} = excluded.{q(f.name)}" for f in feed.fields if f.name not in feed.key)
     upsert = f"ON CONFLICT ({key}) DO UPDATE SET {updates}, {POS} = excluded.{POS}"
     first_key = q(feed.key[0])
+    latest = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {_POS} DESC, {_I} DESC) = 1"
 
     def row(values: dict[str, str]) -> tuple[str, str]:
         differs = " OR ".join(f"{values[f.name]} IS DISTINCT FROM f.{q(f.name)}" for f in cols)
@@ -234,24 +334,61 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime,
             if f.name == feed.stamp else values[f.name] for f in feed.fields)
         return out, differs
 
+    # Upserts first (the newest valid non-delete event per key), then deletes, so an
+    # insert and a delete of one key in the same batch end as the delete policy says.
     values, differs = row({f.name: f"m.{q(f.name)}" for f in cols})
     n = scalar(
         cur,
-        f"INSERT INTO {t} ({names}, {POS}) SELECT {values}, m.{_POS} FROM fs_mapped m LEFT JOIN {t} f ON {on} "
-        f"WHERE m.{_OP} <> 'd' AND NOT ({missing_m}) "
-        f"AND (f.{first_key} IS NULL OR (m.{_POS} >= f.{POS} AND ({differs}))) {upsert}",
+        f"INSERT INTO {t} ({names}, {POS}) SELECT {values}, m.{_POS} "
+        f"FROM (SELECT * FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NULL {latest}) m "
+        f"LEFT JOIN {t} f ON {on} "
+        f"WHERE f.{first_key} IS NULL OR (m.{_POS} >= f.{POS} AND ({differs})) {upsert}",
         {"stamp": stamp})
     if fm.delete_set:
         dvalues = {f.name: f"f.{q(f.name)}" for f in cols} | {
-            name: f"CAST(({expr}) AS {SQL_TYPES[feed.field(name).type]})" for name, expr in fm.delete_set.items()}
+            name: check(feed.field(name), f"({expr})", zone).value for name, expr in fm.delete_set.items()}
         dvals, ddiff = row(dvalues)
         n += scalar(
             cur,
-            f"INSERT INTO {t} ({names}, {POS}) SELECT {dvals}, m.{_POS} FROM fs_mapped m JOIN {t} f ON {on} "
-            f"WHERE m.{_OP} = 'd' AND m.{_POS} >= f.{POS} AND ({ddiff}) {upsert}",
+            f"INSERT INTO {t} ({names}, {POS}) SELECT {dvals}, m.{_POS} "
+            f"FROM (SELECT * FROM fs_mapped WHERE {_OP} = 'd' {latest}) m JOIN {t} f ON {on} "
+            f"WHERE m.{_POS} >= f.{POS} AND ({ddiff}) {upsert}",
             {"stamp": stamp})
     result.changed[feed.name] += n
     return rejects
+
+
+def _count_invalid(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, result: BatchResult,
+                   checked: bool, absent: frozenset[str]) -> None:
+    """Add this batch's emptied optional values to ``fs_field_errors`` and the result."""
+    feed = fm.feed
+    counts: list[tuple[str, str, int, str | None]] = []
+    if checked:
+        # Only events newer than the stored row count: a replay must not count twice.
+        on = " AND ".join(f"m.{q(k)} = f.{q(k)}" for k in feed.key)
+        counts += cur.execute(
+            f"SELECT e.field, e.reason, count(*), max(e.example) FROM (SELECT unnest(m.{_INVALID}) AS e "
+            f"FROM fs_mapped m LEFT JOIN {table_name(feed)} f ON {on} WHERE m.{_OP} <> 'd' AND m.{_MISSING} IS NULL "
+            f"AND (f.{q(feed.key[0])} IS NULL OR m.{_POS} > f.{POS})) WHERE e IS NOT NULL "
+            "GROUP BY ALL ORDER BY ALL").fetchall()
+    if absent:
+        optional = {f.name for f in feed.fields if not f.required}
+        hit = {name: sorted(cols & absent) for name, cols in fm.field_columns.items() if cols & absent}
+        rows = scalar(cur, f"SELECT count(*) FROM fs_stage WHERE {_OP} <> 'd'")
+        counts += [(name, f"source column(s) {', '.join(c)} in no event of {fm.source.name}: a typo in the "
+                          "mapping, or a column the connector does not send", rows, None)
+                   for name, c in sorted(hit.items()) if name in optional]
+    if not counts:
+        return
+    cur.executemany(
+        "INSERT INTO fs_field_errors VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, field, reason) DO UPDATE "
+        "SET count = count + excluded.count, example = coalesce(excluded.example, example), "
+        "last_seen = excluded.last_seen",
+        [(feed.name, name, reason, count, ex, stamp, stamp) for name, reason, count, ex in counts])
+    for name, reason, count, _ in counts:
+        result.invalid[feed.name] += count
+        log.warning("invalid optional values emitted empty",
+                    extra={"feed": feed.name, "field": name, "reason": reason, "count": count})
 
 
 def _quarantine(cur: duckdb.DuckDBPyConnection, records: Sequence[Record], rejects: list[_Reject]) -> None:

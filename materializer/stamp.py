@@ -4,7 +4,13 @@ ARCHITECTURE.md decisions 1 and 2. A batch's stamp is ``max(now, last + 1µs)``:
 time when the clock behaves, strictly increasing when it steps back or two batches
 land in the same microsecond. The stamp is taken when a batch starts and becomes
 visible when it commits, so a reader of ``[from, to)`` must wait for every in-flight
-batch stamped before ``to``; :class:`Barrier` is that wait.
+batch stamped before ``to``.
+
+Waiting is not enough on its own when the wall clock steps back: a window that was
+closed by the clock (``to <= now``) would receive stamps ``< to`` again once the clock
+reads earlier. So closing a window also raises the stamp floor to ``to``
+(:meth:`Stamper.close`): from then on every stamp is ``>= to``, whatever the clock
+says. The store persists that floor, so it survives a restart too.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ class Stamper:
     """Hands out strictly increasing stamps and tracks which are not yet committed.
 
     One instance per store; thread-safe, so several materializer threads may share it.
+    ``last`` is the highest stamp ever handed out or promised to a reader (restored from
+    the store on start).
     """
 
     def __init__(self, last: datetime | None, clock: Clock = utc_now) -> None:
         self._last = last or datetime.min
+        self._closed = datetime.min
         self._clock = clock
         self._inflight: dict[int, datetime] = {}
         self._cond = threading.Condition()
@@ -41,10 +50,20 @@ class Stamper:
     def last(self) -> datetime:
         return self._last
 
+    @property
+    def closed(self) -> datetime:
+        """The end of the latest window closed by :meth:`close`; no stamp will be below it."""
+        return self._closed
+
     def floor(self) -> datetime:
         """The smallest stamp a batch starting now could get."""
         with self._cond:
             return max(self._clock(), self._last + TICK)
+
+    def raise_to(self, last: datetime) -> None:
+        """Never hand out a stamp ``<= last`` (a reopened store may know a higher one)."""
+        with self._cond:
+            self._last = max(self._last, last)
 
     @contextmanager
     def batch(self) -> Iterator[datetime]:
@@ -60,6 +79,22 @@ class Stamper:
             with self._cond:
                 del self._inflight[ident]
                 self._cond.notify_all()
+
+    def close(self, end: datetime, timeout: float) -> bool:
+        """Make ``[.., end)`` final before a reader serves it; False if that takes too long.
+
+        A window still open by the clock (``end`` above the floor) is left alone: it is
+        answered with what is there now. A closed one is fenced (later stamps are
+        ``>= end``) and then waited for: every in-flight batch stamped ``< end`` must
+        finish first.
+        """
+        with self._cond:
+            if end > max(self._clock(), self._last + TICK):
+                return True
+            if end - TICK > self._last:
+                self._last = end - TICK
+            self._closed = max(self._closed, end)
+        return self.wait_closed(end, timeout)
 
     def wait_closed(self, to: datetime, timeout: float) -> bool:
         """Block until no in-flight batch holds a stamp ``< to``; False on timeout."""

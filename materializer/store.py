@@ -7,9 +7,10 @@ snapshot, so a pull never observes half a batch.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +21,10 @@ import pyarrow as pa
 
 from materializer import StoreError
 from materializer.mapping import Mapping
-from materializer.stamp import Clock, Stamper, utc_now
+from materializer.stamp import TICK, Clock, Stamper, utc_now
 from schemas import Feed
+
+log = logging.getLogger("feedstore.store")
 
 SQL_TYPES = {
     "string": "VARCHAR",
@@ -49,6 +52,11 @@ CREATE TABLE IF NOT EXISTS fs_quarantine (
     topic VARCHAR, kafka_partition INTEGER, kafka_offset BIGINT,
     reason VARCHAR, feed VARCHAR, key BLOB, value BLOB, quarantined_at TIMESTAMP,
     retried_at TIMESTAMP);
+-- Optional feed fields whose mapped value was invalid and was emitted empty
+-- (materializer/validate.py); one row per feed, field and reason, counted.
+CREATE TABLE IF NOT EXISTS fs_field_errors (
+    feed VARCHAR, field VARCHAR, reason VARCHAR, count BIGINT, example VARCHAR,
+    first_seen TIMESTAMP, last_seen TIMESTAMP, PRIMARY KEY (feed, field, reason));
 """
 
 
@@ -68,41 +76,144 @@ class Window:
 
 
 class Store:
-    """Owns the DuckDB connection and the stamper; hands out cursors."""
+    """Owns the DuckDB connection and the stamper; hands out cursors.
+
+    DuckDB invalidates a database after a fatal write error (a failed checkpoint on a
+    full disk: "database has been invalidated ... must be restarted"). The store then
+    stays unusable until :meth:`recover` reopens the file, which the service calls when
+    a batch fails; meanwhile readers get :class:`StoreError` (the API answers 503).
+    """
 
     def __init__(self, path: Path | str, mapping: Mapping, *, clock: Clock = utc_now) -> None:
         self.path = Path(path)
         self.mapping = mapping
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._swap = threading.Lock()
+        self.reopened = 0
+        self._db: duckdb.DuckDBPyConnection | None = self._connect()
+        floor, self._closed_saved = self._prepare()
+        self.stamper = Stamper(floor, clock)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            self._db = duckdb.connect(str(path))
+            return duckdb.connect(str(self.path))
         except duckdb.IOException as ex:
             raise StoreError(
-                f"cannot open {path}: {ex}. Only one process may own a DuckDB file: stop the other "
+                f"cannot open {self.path}: {ex}. Only one process may own a DuckDB file: stop the other "
                 "`feedstore serve`, or give this instance its own FEEDSTORE_DB") from ex
-        self._write_lock = threading.Lock()
+        except duckdb.Error as ex:
+            raise StoreError(f"cannot open {self.path}: {ex}") from ex
+
+    def _prepare(self) -> tuple[datetime | None, datetime]:
+        """Create what is missing; return the stamp floor and the last saved closed window."""
+        mapping = self.mapping
         with self.cursor() as cur:
             cur.execute(_DDL)
             for fm in mapping.feeds.values():
                 cur.execute(_feed_ddl(fm.feed))
-            row = cur.execute("SELECT value FROM fs_meta WHERE name = 'last_stamp'").fetchone()
-        last = datetime.fromisoformat(row[0]) if row else None
-        self.stamper = Stamper(last, clock)
+                # Fields added to a mapping later (custom fields) on a store made before.
+                have = {r[0] for r in cur.execute("SELECT column_name FROM information_schema.columns "
+                                                  "WHERE table_name = ?", [table_name(fm.feed)]).fetchall()}
+                for f in fm.feed.fields:
+                    if f.name not in have:
+                        cur.execute(f"ALTER TABLE {table_name(fm.feed)} ADD COLUMN {q(f.name)} {SQL_TYPES[f.type]}")
+            meta = dict(cur.execute(
+                "SELECT name, value FROM fs_meta WHERE name IN ('last_stamp', 'closed_until')").fetchall())
+        last = datetime.fromisoformat(meta["last_stamp"]) if "last_stamp" in meta else None
+        closed = datetime.fromisoformat(meta["closed_until"]) if "closed_until" in meta else datetime.min
+        if closed > datetime.min and (last is None or closed - TICK > last):
+            last = closed - TICK  # a window was served as closed: no stamp may land in it again
+        return last, closed
 
     @contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        cur = self._db.cursor()
+        db = self._db
+        if db is None:
+            raise StoreError(f"{self.path} is being reopened after a write failure; retry shortly")
+        try:
+            cur = db.cursor()
+        except duckdb.Error as ex:
+            raise StoreError(f"{self.path} cannot be read: {ex}") from ex
         try:
             yield cur
         finally:
-            cur.close()
+            with suppress(duckdb.Error):
+                cur.close()
 
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The single write path: one writer at a time, one transaction per batch."""
         with self._write_lock, self.cursor() as cur:
             yield cur
+
+    def close_window(self, end: datetime, timeout: float) -> bool:
+        """Make ``[.., end)`` final before it is served (decision 2); False on timeout.
+
+        The fence is saved in the file as well, so a restart on a clock that reads
+        earlier cannot stamp into a window that was already served.
+        """
+        if not self.stamper.close(end, timeout):
+            return False
+        closed = self.stamper.closed
+        if closed > self._closed_saved:
+            self._save_closed(closed, timeout)
+        return True
+
+    def _save_closed(self, closed: datetime, timeout: float) -> None:
+        if not self._write_lock.acquire(timeout=timeout):
+            return  # a batch is committing; it stamps >= closed and so saves a higher floor
+        try:
+            with self.cursor() as cur:
+                cur.execute("INSERT OR REPLACE INTO fs_meta VALUES ('closed_until', ?)", [closed.isoformat()])
+            self._closed_saved = max(self._closed_saved, closed)
+        except (duckdb.Error, StoreError) as ex:
+            # The fence still holds in memory; only a restart on a clock stepped back
+            # before the next successful write could break it. Serving goes on.
+            log.warning("could not save the closed-window fence", extra={"error": str(ex), "db": str(self.path)})
+        finally:
+            self._write_lock.release()
+
+    def healthy(self) -> str | None:
+        """None when the file answers; else DuckDB's reason (e.g. invalidated after a fatal error)."""
+        try:
+            with self.cursor() as cur:
+                cur.execute("SELECT 1").fetchall()
+        except (duckdb.Error, StoreError) as ex:
+            return str(ex).strip().splitlines()[0]
+        return None
+
+    def recover(self) -> bool:
+        """Reopen the file if DuckDB invalidated it; True when it was reopened.
+
+        Waits for the writer, closes the old connection (readers still on it fail and
+        their clients retry), opens the file again (DuckDB replays its WAL) and raises
+        the stamp floor to what the file holds, never lowering it.
+        """
+        with self._swap:
+            reason = self.healthy()
+            if reason is None or (self._db is not None and not _invalidated(reason)):
+                return False
+            with self._write_lock:
+                old, self._db = self._db, None
+                if old is not None:
+                    with suppress(duckdb.Error):
+                        old.close()
+                self._db = self._connect()
+                try:
+                    floor, closed = self._prepare()
+                except BaseException:
+                    db, self._db = self._db, None
+                    with suppress(duckdb.Error):
+                        db.close()
+                    raise
+            self._closed_saved = max(self._closed_saved, closed)
+            if floor is not None:
+                self.stamper.raise_to(floor)
+            self.reopened += 1
+            log.warning("store reopened after a fatal DuckDB error", extra={"db": str(self.path), "cause": reason})
+            return True
 
     def offsets(self) -> dict[tuple[str, int], int]:
         with self.cursor() as cur:
@@ -118,7 +229,14 @@ class Store:
                     for name, fm in self.mapping.feeds.items()}
 
     def close(self) -> None:
-        self._db.close()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def _invalidated(reason: str) -> bool:
+    """DuckDB's words for "this database instance is gone; open the file again"."""
+    return "invalidated" in reason or "FATAL" in reason
 
 
 def arrow_reader(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any],

@@ -28,6 +28,7 @@ _TYPES: dict[str, dict[str, Any]] = {
     "flag": {"type": "integer", "enum": [0, 1]},
     "timestamp": {"type": "string", "pattern": TIMESTAMP_PATTERN, "example": "2023-07-20 17:15:38"},
     "date": {"type": "string", "format": "date", "pattern": DATE_PATTERN, "example": "1974-10-17"},
+    "array": {"type": "array", "items": {"type": "string"}},  # players' custom array fields (tags)
 }
 _FORMATS: dict[str, dict[str, Any]] = {
     "currency": {
@@ -40,10 +41,11 @@ _FORMATS: dict[str, dict[str, Any]] = {
     "ip": {"x-vocabulary": "IPv4 or IPv6 address"},
 }
 _ERRORS = {
-    "400": "The request is malformed (missing or invalid from/to/format); the body says what.",
-    "401": "No or invalid credentials.",
-    "403": "The credentials are valid but not allowed to read this feed.",
+    "400": "The request is malformed (a missing, repeated, unknown or invalid parameter); the body names it.",
+    "401": "No or invalid credentials, or an expired or already used signature.",
+    "403": "The credentials are valid but not allowed from this address or for this feed.",
     "404": "No such feed.",
+    "429": "Too many signed requests within the signature lifetime; retry after the Retry-After header's seconds.",
     "503": "The window is not complete yet (a batch stamped before `to` is still being "
     "written), or the service is not ready. Retry after the Retry-After header's seconds.",
 }
@@ -54,7 +56,10 @@ def openapi_document(feeds: Mapping[str, Feed], base_path: str = "/api") -> dict
     base = "/" + base_path.strip("/") if base_path.strip("/") else ""
     paths: dict[str, Any] = {f"{base}/{feed.name}": _feed_path(feed) for feed in feeds.values()}
     paths["/health"] = _probe("Liveness: the process is up.", ready=False)
-    paths["/ready"] = _probe("Readiness: the store is open and the consumer is running.", ready=True)
+    paths["/ready"] = _probe("Readiness: the store answers, the consumer is assigned and stores batches, "
+                             "and its lag is below the threshold.", ready=True)
+    paths["/metrics"] = _metrics()
+    paths["/openapi.json"] = _self()
     schemas: dict[str, Any] = {_row_name(feed): _row_schema(feed) for feed in feeds.values()}
     schemas["Error"] = {
         "type": "object",
@@ -78,8 +83,10 @@ def openapi_document(feeds: Mapping[str, Feed], base_path: str = "/api") -> dict
                     "type": "apiKey",
                     "in": "header",
                     "name": "Authorization",
-                    "description": "Authorization: FEEDSTORE-HMAC ... : a request signature "
-                    "made with a shared secret; the signing scheme is documented separately.",
+                    "description": "Authorization: FEEDSTORE-HMAC-SHA256 key=<name>, ts=<unix seconds>, "
+                    "nonce=<random>, sig=<hex HMAC-SHA256 of: FEEDSTORE-HMAC-SHA256, method, path, "
+                    "canonical query, ts, nonce, joined by newlines>. The canonical query is the "
+                    "decoded pairs sorted and RFC 3986-encoded. docs/api.md has a reference signer.",
                 },
             },
         },
@@ -142,11 +149,27 @@ def _error(code: str, text: str) -> dict[str, Any]:
         "description": text,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
-    if code == "503":
+    if code in ("503", "429"):
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
     if code == "401":
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return response
+
+
+def _metrics() -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}}},
+    }
+    responses.update({code: _error(code, _ERRORS[code]) for code in ("401", "403", "429")})
+    return {"get": {"summary": "Prometheus metrics; needs a credential with metrics: true.", "tags": ["ops"],
+                    "responses": responses}}
+
+
+def _self() -> dict[str, Any]:
+    body = {"application/json": {"schema": {"type": "object"}}}
+    return {"get": {"summary": "This document.", "tags": ["ops"], "security": [],
+                    "responses": {"200": {"description": "OpenAPI 3.0.3", "content": body}}}}
 
 
 def _probe(summary: str, ready: bool) -> dict[str, Any]:

@@ -39,7 +39,11 @@ def micros(ts: datetime) -> int:
 
 
 class Events:
-    """Schema-less Debezium envelopes for ``public.users`` as the Postgres connector writes them."""
+    """Schema-less Debezium envelopes as the Postgres connector writes them.
+
+    ``public.users`` by default; ``record(..., table="payments", key=("pay_id",))`` for the
+    other legacy tables. LSNs grow across all tables, as they do in one database.
+    """
 
     def __init__(self, topic: str = "spacevegas.public.users") -> None:
         self.topic = topic
@@ -51,19 +55,22 @@ class Events:
                "city": "Valletta", "last_ip": "10.0.0.1", "lang": "en-US", "tz": "Europe/Malta",
                "dob": 7000, "created": micros(datetime(2024, 1, 2, 3, 4, 5)), "affiliate_code": None,
                "reg_source": "Google", "reg_ua": "Mozilla/5.0", "state": 0, "no_marketing": False,
-               "login_count": 0}
+               "email": None, "email_ok_at": None, "phone": None, "phone_ok_at": None, "sms_optin": True,
+               "push_token": None, "vip_level": None, "lifetime_value": None, "kyc_status": None,
+               "last_deposit_at": None, "segments": None, "login_count": 0, "last_seen": None}
         row.update(cols)
         return row
 
     def record(self, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-               lsn: int | None = None) -> Record:
+               lsn: int | None = None, *, table: str = "users", key: tuple[str, ...] = ("user_id",)) -> Record:
         self.lsn = lsn if lsn is not None else self.lsn + 8
         key_src = after or before
         assert key_src is not None
         value = {"before": before, "after": after, "op": op, "ts_ms": 1_700_000_000_000,
                  "source": {"connector": "postgresql", "name": "spacevegas", "db": "operator",
-                            "schema": "public", "table": "users", "lsn": self.lsn, "ts_ms": 1_700_000_000_000}}
-        rec = Record(self.topic, 0, self.offset, orjson.dumps({"user_id": key_src["user_id"]}), orjson.dumps(value))
+                            "schema": "public", "table": table, "lsn": self.lsn, "ts_ms": 1_700_000_000_000}}
+        topic = self.topic if table == "users" else self.topic.rsplit(".", 1)[0] + "." + table
+        rec = Record(topic, 0, self.offset, orjson.dumps({k: key_src.get(k) for k in key}), orjson.dumps(value))
         self.offset += 1
         return rec
 

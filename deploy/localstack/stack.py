@@ -51,14 +51,16 @@ class LocalStack:
     def bootstrap(self) -> str:
         return self.broker.bootstrap
 
-    def start(self, schema_sql: str | None = None) -> LocalStack:
-        """Start Postgres and the broker, create the legacy schema, then start Debezium."""
+    def start(self, schema_sql: str | None = None, *, debezium: bool = True) -> LocalStack:
+        """Start Postgres and the broker, create the legacy schema, then start Debezium
+        (``debezium=False``: an operator database not yet set up for CDC, as in the quickstart)."""
         try:
             self.postgres.start()
             self.broker.start()
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute(schema_sql if schema_sql is not None else legacy_schema())
-            self.start_debezium()
+            if debezium:
+                self.start_debezium()
         except BaseException:
             self.stop()
             raise

@@ -1,0 +1,290 @@
+"""Casino game activity: game actions stored one row each, sessions kept aggregated.
+
+The spec's three steps (ARCHITECTURE.md decision 7), as tables:
+
+- ``fs_casino_actions`` holds one row per action key: its session, its contribution
+  (bets, wins, amounts), its own time, the descriptive columns, the source position of
+  the last applied event (decision 3) and its *stamp*, the batch stamp of its last
+  change. A deleted action stays as a tombstone (``deleted``, contributing nothing) with
+  the stamp of its deletion, so its session is found in the window of the deletion.
+- ``feed_casino_activity`` (the feed's own table) holds one row per session, aggregated
+  over all its actions. Each batch recomputes only the sessions it touched, from the
+  actions table, set-based; ``modified_at`` is the latest stamp among the session's
+  actions.
+- A pull of ``[from, to)`` returns the session rows for which *some* action's stamp is
+  in ``[from, to)`` (step 1), each aggregated over all actions known now (steps 2, 3).
+  Not "session stamp in window": a session whose last action came after ``to`` must
+  still appear in every window in which one of its actions landed.
+
+Why maintained per batch and not aggregated per pull: docs/casino.md has the
+measurement (bench/casino.py). Both lookups a batch needs (its action keys among all
+actions, and all actions of its sessions) are hash joins on 64-bit hashes of the keys,
+so a batch scans two integer columns of the actions table, never its strings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from datetime import datetime
+
+import duckdb
+
+from materializer.casino_mapping import FEED, INPUTS, ActionsMapping
+from materializer.mapping import Mapping
+from materializer.store import POS, Store, q, scalar, table_name
+from materializer.validate import STORE_TYPES, check, lit
+from schemas import Feed, Field
+
+log = logging.getLogger("feedstore.materializer.casino")
+
+ACTIONS = "fs_casino_actions"
+
+# Per-action columns besides the descriptive feed fields (in their order after these).
+_CORE = (("kh", "UBIGINT NOT NULL"), ("action_key", "VARCHAR NOT NULL"), ("sh", "UBIGINT NOT NULL"),
+         ("session_id", "VARCHAR NOT NULL"), ("stamp", "TIMESTAMP NOT NULL"), (POS, "BIGINT"),
+         ("deleted", "BOOLEAN NOT NULL"), ("bets", "BIGINT NOT NULL"), ("wins", "BIGINT NOT NULL"),
+         ("bet_amount", "DECIMAL(38,8) NOT NULL"), ("win_amount", "DECIMAL(38,8) NOT NULL"),
+         ("acted_at", "TIMESTAMP NOT NULL"))
+# What an action's content is: a change to any of these re-stamps it (decision 3).
+_CONTENT = ("session_id", "bets", "wins", "bet_amount", "win_amount", "acted_at")
+_I, _OP, _POS = "__fs_i", "__fs_op", "__fs_pos"
+_EXAMPLE_CHARS = 200
+
+
+def actions_mapping(mapping: Mapping) -> ActionsMapping | None:
+    found = [fm for fm in mapping.feeds.values() if isinstance(fm, ActionsMapping)]
+    return found[0] if found else None
+
+
+def _extra(am: ActionsMapping) -> list[Field]:
+    """Descriptive fields other than the session key, stored per action."""
+    return [f for f in am.descriptive if f.name != "session_id"]
+
+
+def _columns(am: ActionsMapping) -> list[str]:
+    return [name for name, _ in _CORE] + [f.name for f in _extra(am)]
+
+
+def ensure_schema(store: Store) -> None:
+    """Create the actions table when the mapping has a casino feed (idempotent).
+
+    The session table is the feed's own table, which the store creates.
+    """
+    am = actions_mapping(store.mapping)
+    if am is None:
+        return
+    cols = [f"{q(n)} {t}" for n, t in _CORE] + [f"{q(f.name)} {STORE_TYPES[f.type]}" for f in _extra(am)]
+    with store.writer() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {ACTIONS} ({', '.join(cols)})")
+
+
+def window_filter(alias: str) -> str:
+    """Step 1 for a pull: the session rows (``alias`` names the feed table) with at least
+    one action stamped in ``[$start, $end)``."""
+    return (f"{alias}.session_id IN (SELECT session_id FROM {ACTIONS} "
+            f"WHERE stamp >= $start AND stamp < $end)")
+
+
+def window_select(feed: Feed, select: str, alias: str) -> str:
+    """``select`` (over the feed table as ``alias``) for the window's sessions, oldest
+    change first, as the other feeds are ordered."""
+    order = ", ".join(f"{alias}.{q(c)}" for c in (feed.stamp, *feed.key))
+    return f"SELECT {select} FROM {table_name(feed)} {alias} WHERE {window_filter(alias)} ORDER BY {order}"
+
+
+#: The export's plan of runs for this feed: one run, the window itself. Its rows are not
+#: a stamp range of the session table (a session's modified_at may lie after ``to``),
+#: so the window is sorted whole: ~60 bytes per session, a few MB for an hour.
+RUNS_SQL = "SELECT CAST($start AS TIMESTAMP), CAST($end AS TIMESTAMP) WHERE $rows > 0"
+
+
+# --------------------------------------------------------------------------- one batch
+
+def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: datetime,
+                  changed: MutableMapping[str, int], invalid: MutableMapping[str, int]) -> list[tuple[int, str]]:
+    """Apply the staged events (``fs_stage``) of the actions table; returns rejects as
+    (event index, reason). Runs inside the batch's transaction, with its stamp."""
+    feed = am.feed.name
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_m AS {_map_sql(am)}")
+    rejects = [(i, f"feed {feed}: {reason}") for i, reason in cur.execute(
+        f"SELECT {_I}, __fs_missing FROM fs_cas_m WHERE __fs_missing IS NOT NULL ORDER BY {_I}").fetchall()]
+    _count_invalid(cur, am, stamp, invalid)
+    ops = "" if am.on_delete == "remove" else f"AND {_OP} <> 'd'"
+    cur.execute(
+        f"CREATE OR REPLACE TEMP TABLE fs_cas_latest AS SELECT * FROM fs_cas_m WHERE __fs_missing IS NULL {ops} "
+        f"QUALIFY row_number() OVER (PARTITION BY action_key ORDER BY {_POS} DESC, {_I} DESC) = 1")
+    # The stored rows of these keys: a hash join on 64-bit hashes, then the exact key.
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_old AS SELECT a.rowid AS __fs_rid, a.* FROM {ACTIONS} a "
+                "WHERE a.kh IN (SELECT kh FROM fs_cas_latest)")
+    cols = _columns(am)
+    new = {c: f"m.{q(c)}" for c in cols} | {"stamp": "$stamp", POS: f"m.{_POS}", "deleted": "FALSE"}
+    gone = {c: f"o.{q(c)}" for c in cols} | {"stamp": "$stamp", POS: f"m.{_POS}", "deleted": "TRUE"}
+    differs = " OR ".join(f"m.{q(c)} IS DISTINCT FROM o.{q(c)}" for c in [*_CONTENT, *(f.name for f in _extra(am))])
+
+    def select(values: dict[str, str]) -> str:
+        return ", ".join(f"{values[c]} AS {q(c)}" for c in cols)
+
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE fs_cas_new AS "
+        f"SELECT o.__fs_rid, o.session_id AS __fs_old_session, {select(new)} "
+        "FROM fs_cas_latest m LEFT JOIN fs_cas_old o ON o.action_key = m.action_key "
+        f"WHERE m.{_OP} <> 'd' AND (o.__fs_rid IS NULL OR (m.{_POS} >= o.{POS} AND (o.deleted OR {differs}))) "
+        "UNION ALL "
+        f"SELECT o.__fs_rid, o.session_id, {select(gone)} "
+        "FROM fs_cas_latest m JOIN fs_cas_old o ON o.action_key = m.action_key "
+        f"WHERE m.{_OP} = 'd' AND m.{_POS} >= o.{POS} AND NOT o.deleted",
+        {"stamp": stamp})
+    moved = scalar(cur, "SELECT count(*) FROM fs_cas_new")
+    if moved:
+        # Delete and re-append rather than update in place: the table stays in stamp
+        # order, so a window's scan of the stamp column skips old row groups.
+        cur.execute(f"DELETE FROM {ACTIONS} WHERE rowid IN "
+                    "(SELECT __fs_rid FROM fs_cas_new WHERE __fs_rid IS NOT NULL)")
+        names = ", ".join(q(c) for c in cols)
+        cur.execute(f"INSERT INTO {ACTIONS} ({names}) SELECT {names} FROM fs_cas_new")
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE fs_cas_touched AS SELECT session_id, hash(session_id) AS sh FROM ("
+            "SELECT session_id FROM fs_cas_new UNION "
+            "SELECT __fs_old_session FROM fs_cas_new WHERE __fs_old_session IS NOT NULL)")
+        changed[feed] += refresh_sessions(cur, am.feed, "fs_cas_touched")
+    return rejects
+
+
+def refresh_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed, touched: str) -> int:
+    """Recompute the session rows named in table ``touched`` (session_id, sh) from all
+    their actions; drop the rows of sessions left with none. Returns sessions written."""
+    t = table_name(feed)
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_agg AS {_aggregate_sql(feed, touched)}")
+    names = [f.name for f in feed.fields]
+    updates = ", ".join(f"{q(n)} = excluded.{q(n)}" for n in [*names, POS] if n not in feed.key)
+    cols = ", ".join(q(n) for n in [*names, POS])
+    n = scalar(cur, f"INSERT INTO {t} ({cols}) SELECT {cols} FROM fs_cas_agg "
+                    f"ON CONFLICT (session_id) DO UPDATE SET {updates}")
+    cur.execute(f"DELETE FROM {t} WHERE session_id IN (SELECT session_id FROM {touched}) "
+                "AND session_id NOT IN (SELECT session_id FROM fs_cas_agg)")
+    return int(n)
+
+
+def _aggregate_sql(feed: Feed, touched: str) -> str:
+    """Step 3 for the sessions in ``touched``: one row per session over all its actions.
+
+    Deleted actions count for nothing; times and descriptive columns come from the live
+    actions (the latest action that has a value), or from the deleted ones when none is
+    left, so a session whose every action was deleted still reports zeros.
+    """
+    order = f"(NOT a.deleted, a.acted_at, a.{POS})"
+    sums = {"bet_count": "bets", "win_count": "wins", "bet_amount": "bet_amount", "win_amount": "win_amount"}
+    out = []
+    for f in feed.fields:
+        if f.name == "session_id":
+            out.append("a.session_id")
+        elif f.name in sums:
+            out.append(f"coalesce(sum(a.{sums[f.name]}) FILTER (WHERE NOT a.deleted), 0) AS {f.name}")
+        elif f.name == "created_at":
+            out.append("arg_min(a.acted_at, (a.deleted, a.acted_at)) AS created_at")
+        elif f.name == "updated_at":
+            out.append("arg_max(a.acted_at, (NOT a.deleted, a.acted_at)) AS updated_at")
+        elif f.name == feed.stamp:
+            out.append(f"max(a.stamp) AS {q(f.name)}")
+        else:
+            out.append(f"arg_max(a.{q(f.name)}, {order}) AS {q(f.name)}")
+    out.append(f"max(a.{POS}) AS {POS}")
+    # The hash join reads one integer column of all actions; the exact session_id test
+    # then runs on the few rows it kept (hash collisions).
+    return (f"SELECT {', '.join(out)} FROM (SELECT * FROM {ACTIONS} WHERE sh IN (SELECT sh FROM {touched})) a "
+            f"WHERE a.session_id IN (SELECT session_id FROM {touched}) GROUP BY a.session_id")
+
+
+# --------------------------------------------------------------------------- mapping SQL
+
+def _map_sql(am: ActionsMapping) -> str:
+    """Map and validate every staged event in one statement (the rules of validate.py).
+
+    A delete's image holds only the key columns, so only the key is read for it.
+    Required values (key, session, player, game name, currency, time) that are missing
+    or invalid reject the event; so do bet/win counts and amounts that are given but
+    invalid, since a wrong amount must not be summed silently. Optional descriptive
+    values that are invalid are emitted empty and counted.
+    """
+    zone = am.source.zone.key
+    acts = am.action
+    values: list[tuple[str, Field, str]] = [("action_key", INPUTS["key"], acts["key"])]
+    values += [(f.name, f, am.exprs[f.name]) for f in am.descriptive]
+    values.append(("acted_at", INPUTS["time"], acts["time"]))
+    values += [(f"__fs_in_{n}", INPUTS[n], acts[n]) for n in ("bet", "win", "amount", "bet_amount", "win_amount")
+               if n in acts]
+    raws = [f"__fs_r{n}" for n in range(len(values))]
+    checks = [check(f, raw, zone) for (_, f, _), raw in zip(values, raws, strict=True)]
+    meta = f"{_I}, {_OP}, {_POS}"
+    raw_cols = ", ".join(
+        f"({sql}) AS {raw}" if name == "action_key" else f"CASE WHEN {_OP} <> 'd' THEN ({sql}) END AS {raw}"
+        for (name, _, sql), raw in zip(values, raws, strict=True))
+    checked = ", ".join(f"{c.value} AS {q(name)}" for (name, _, _), c in zip(values, checks, strict=True))
+
+    def problem(n: int) -> str:
+        name, f, _ = values[n]
+        label = f.name
+        example = f"left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})"
+        bad = f"{lit(label + ': invalid value ')} || '''' || {example} || ''' (' || {lit(checks[n].reason)} || ')'"
+        if f.required:
+            return (f"CASE WHEN {q(name)} IS NULL THEN CASE WHEN {checks[n].present} THEN {bad} "
+                    f"ELSE {lit(label + ': missing')} END END")
+        return f"CASE WHEN {q(name)} IS NULL AND {checks[n].present} THEN {bad} END"
+
+    live = [problem(n) for n, (name, f, _) in enumerate(values) if f.required or name.startswith("__fs_in_")]
+    missing = (f"CASE WHEN {_OP} = 'd' THEN CASE WHEN action_key IS NULL THEN 'delete event without its key: "
+               "the actions key expression must read only primary-key columns (a delete carries only those, "
+               "unless REPLICA IDENTITY FULL)' END "
+               f"ELSE 'required field(s) empty or invalid: ' || NULLIF(concat_ws('; ', {', '.join(live)}), '') END")
+    emptied = [
+        f"CASE WHEN {q(name)} IS NULL AND {checks[n].present} THEN struct_pack(field := {lit(f.name)}, "
+        f"reason := {lit(checks[n].reason)}, example := left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})) END"
+        for n, (name, f, _) in enumerate(values) if not f.required and not name.startswith("__fs_in_")
+        and checks[n].reason]
+
+    def count(side: str) -> str:
+        if side in acts:
+            return f"coalesce(__fs_in_{side}, 0)"
+        return f"CASE WHEN __fs_in_{side}_amount > 0 THEN 1 ELSE 0 END"
+
+    def amount(side: str) -> str:
+        if f"{side}_amount" in acts:
+            return f"coalesce(__fs_in_{side}_amount, 0)"
+        return f"coalesce({count(side)} * __fs_in_amount, 0)"
+
+    descriptive = ", ".join(q(f.name) for f in am.descriptive)
+    return (
+        f"WITH r AS (SELECT {raw_cols}, {meta} FROM fs_stage), "
+        f"n AS (SELECT {checked}, {', '.join(raws)}, {meta} FROM r) "
+        f"SELECT {meta}, action_key, hash(action_key) AS kh, hash(session_id) AS sh, {descriptive}, acted_at, "
+        f"CAST({count('bet')} AS BIGINT) AS bets, CAST({count('win')} AS BIGINT) AS wins, "
+        f"CAST({amount('bet')} AS DECIMAL(38,8)) AS bet_amount, "
+        f"CAST({amount('win')} AS DECIMAL(38,8)) AS win_amount, "
+        f"{missing} AS __fs_missing, {'[' + ', '.join(emptied) + ']' if emptied else 'NULL'} AS __fs_invalid "
+        "FROM n")
+
+
+def _count_invalid(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: datetime,
+                   invalid: MutableMapping[str, int]) -> None:
+    """Optional values given but invalid were emitted empty: count them in fs_field_errors."""
+    counts = cur.execute(
+        "SELECT e.field, e.reason, count(*), max(e.example) FROM (SELECT unnest(__fs_invalid) AS e FROM fs_cas_m "
+        f"WHERE {_OP} <> 'd' AND __fs_missing IS NULL AND __fs_invalid IS NOT NULL) WHERE e IS NOT NULL "
+        "GROUP BY ALL ORDER BY ALL").fetchall()
+    if not counts:
+        return
+    feed = am.feed.name
+    cur.executemany(
+        "INSERT INTO fs_field_errors VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feed, field, reason) DO UPDATE "
+        "SET count = count + excluded.count, example = coalesce(excluded.example, example), "
+        "last_seen = excluded.last_seen",
+        [(feed, name, reason, n, ex, stamp, stamp) for name, reason, n, ex in counts])
+    for name, reason, n, _ in counts:
+        invalid[feed] += n
+        log.warning("invalid optional values emitted empty",
+                    extra={"feed": feed, "field": name, "reason": reason, "count": n})
+
+
+__all__ = ["ACTIONS", "FEED", "RUNS_SQL", "actions_mapping", "apply_actions", "ensure_schema", "refresh_sessions",
+           "window_filter", "window_select"]
