@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from api.passwords import PasswordHashError, check_hash
+from feedstore.config import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _KEYS = {"password_hash", "password_hash_env", "password_hash_file", "hmac_secret_env", "hmac_secret_file",
@@ -34,7 +35,7 @@ _KEYS = {"password_hash", "password_hash_env", "password_hash_file", "hmac_secre
 MIN_SECRET_BYTES = 32
 
 
-class CredentialsError(ValueError):
+class CredentialsError(ConfigError):
     """The credentials file cannot be used; the message names the file and the credential."""
 
 

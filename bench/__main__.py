@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ SUITE = ["ingest", "scale", "peer", "export", "concurrency", "casino", "freshnes
 DOC = PROJECT / "docs" / "benchmarks.md"
 
 
-def run_one(name: str, ctx: Context) -> dict[str, Any]:
+def run_one(name: str, ctx: Context, *, load: Callable[[str], Any] = importlib.import_module) -> dict[str, Any]:
+    """Run ``bench.<name>`` and return its record, or a record saying why it did not run."""
     try:
-        module = importlib.import_module(f"bench.{name}")
+        module = load(f"bench.{name}")
     except ModuleNotFoundError as ex:
         if ex.name == f"bench.{name}":
             return failed(name, f"bench/{name}.py is not there yet; skipped")

@@ -60,8 +60,9 @@ FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g
 """
 _PICK = "SELECT user_id FROM users ORDER BY user_id DESC LIMIT %(n)s OFFSET %(o)s"
 _CITY = f"""
-UPDATE users SET city = (ARRAY['Sliema','Hamburg','Recife','Osaka','Buchanan','Ottawa'])[1 + (user_id + %(r)s) %% 6],
-                 country_name = (ARRAY['Malta','Germany','Brazil','Japan','Liberia','Canada'])[1 + (user_id + %(r)s) %% 6]
+UPDATE users
+SET city = (ARRAY['Sliema','Hamburg','Recife','Osaka','Buchanan','Ottawa'])[1 + (user_id + %(r)s) %% 6],
+    country_name = (ARRAY['Malta','Germany','Brazil','Japan','Liberia','Canada'])[1 + (user_id + %(r)s) %% 6]
 WHERE user_id IN ({_PICK})
 """
 _SEEN = f"""

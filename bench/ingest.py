@@ -75,13 +75,14 @@ def consume_decode(bootstrap: str, topic: str, events: int) -> dict[str, Any]:
     return {"secs": secs, "events": state["n"], "bytes": state["bytes"]}
 
 
-def feedstore_ingest(bootstrap: str, mapping: str, db: str, events: int, profile: str | None = None) -> dict[str, Any]:
+def feedstore_ingest(bootstrap: str, mapping: str, db: str, events: int, profile: str | None = None,
+                     **settings_overrides: Any) -> dict[str, Any]:
     """Feedstore end to end, in its own process, exactly as ``feedstore serve`` wires it."""
     from feedstore.config import Settings
     from feedstore.service import Service
 
     settings = Settings(db_path=Path(db), mapping_path=Path(mapping), kafka_bootstrap=bootstrap,
-                        group_id=f"bench-{uuid.uuid4().hex[:8]}")
+                        group_id=f"bench-{uuid.uuid4().hex[:8]}", **settings_overrides)
     service = Service.open(settings)
     prof = None
     if profile:
@@ -95,7 +96,7 @@ def feedstore_ingest(bootstrap: str, mapping: str, db: str, events: int, profile
         wait_for(lambda: sum(service.store.offsets().values()), events, desc="feedstore: end to end",
                  unit="ev", timeout=900, interval=0.05, stall=120)
         secs = time.perf_counter() - started
-        if prof is not None:
+        if prof is not None and profile:
             prof.disable()
             prof.dump_stats(profile)
         rows = service.store.row_counts()

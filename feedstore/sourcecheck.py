@@ -338,7 +338,7 @@ def _publication(f: Facts, mapping: Mapping, names: SourceNames) -> Check:
                                    "recreate it for the mapped tables (or generate the connector config with "
                                    "--publication-mode all_tables)",
                      (Fix(_text(sql.SQL("DROP PUBLICATION {}").format(pub))), Fix(_text(create))))
-    missing = [t for t in want if t not in p.tables]
+    missing = [] if p.all_tables else [t for t in want if t not in p.tables]  # ALL TABLES covers new ones too
     extra = sorted(p.tables - set(want)) if names.publication_mode == "filtered" else []
     fixes: list[Fix] = []
     problems: list[str] = []

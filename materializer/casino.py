@@ -4,17 +4,22 @@ The spec's three steps (ARCHITECTURE.md decision 7), as tables:
 
 - ``fs_casino_actions`` holds one row per action key: its session, its contribution
   (bets, wins, amounts), its own time, the descriptive columns, the source position of
-  the last applied event (decision 3) and its *stamp*, the batch stamp of its last
-  change. A deleted action stays as a tombstone (``deleted``, contributing nothing) with
-  the stamp of its deletion, so its session is found in the window of the deletion.
+  the last applied event (decision 3, so replays are skipped) and the stamp of its last
+  change. A deleted action stays as a tombstone (``deleted``, contributing nothing) that
+  keeps its position, so an older event replayed after the delete cannot revive it.
+- ``fs_casino_touches`` logs (stamp, session) for every batch in which an action of the
+  session entered the store or changed: an insert, an update that changed what the
+  feed sees, a delete. Append-only, so it is in stamp order and a window's scan of it
+  skips everything outside the window (DuckDB's zone maps).
 - ``feed_casino_activity`` (the feed's own table) holds one row per session, aggregated
   over all its actions. Each batch recomputes only the sessions it touched, from the
-  actions table, set-based; ``modified_at`` is the latest stamp among the session's
-  actions.
-- A pull of ``[from, to)`` returns the session rows for which *some* action's stamp is
-  in ``[from, to)`` (step 1), each aggregated over all actions known now (steps 2, 3).
-  Not "session stamp in window": a session whose last action came after ``to`` must
-  still appear in every window in which one of its actions landed.
+  actions table, set-based; ``modified_at`` is the latest stamp among its actions.
+
+A pull of ``[from, to)`` returns the session rows with a touch stamped in ``[from, to)``
+(step 1), each aggregated over all its actions known now (steps 2 and 3). Not "session
+stamp in window": a session whose last action came after ``to`` must still appear in
+every window in which one of its actions landed, and it keeps appearing there when the
+window is pulled again later.
 
 Why maintained per batch and not aggregated per pull: docs/casino.md has the
 measurement (bench/casino.py). Both lookups a batch needs (its action keys among all
@@ -39,6 +44,7 @@ from schemas import Feed, Field
 log = logging.getLogger("feedstore.materializer.casino")
 
 ACTIONS = "fs_casino_actions"
+TOUCHES = "fs_casino_touches"
 
 # Per-action columns besides the descriptive feed fields (in their order after these).
 _CORE = (("kh", "UBIGINT NOT NULL"), ("action_key", "VARCHAR NOT NULL"), ("sh", "UBIGINT NOT NULL"),
@@ -77,12 +83,13 @@ def ensure_schema(store: Store) -> None:
     cols = [f"{q(n)} {t}" for n, t in _CORE] + [f"{q(f.name)} {STORE_TYPES[f.type]}" for f in _extra(am)]
     with store.writer() as cur:
         cur.execute(f"CREATE TABLE IF NOT EXISTS {ACTIONS} ({', '.join(cols)})")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {TOUCHES} (stamp TIMESTAMP NOT NULL, session_id VARCHAR NOT NULL)")
 
 
 def window_filter(alias: str) -> str:
     """Step 1 for a pull: the session rows (``alias`` names the feed table) with at least
     one action stamped in ``[$start, $end)``."""
-    return (f"{alias}.session_id IN (SELECT session_id FROM {ACTIONS} "
+    return (f"{alias}.session_id IN (SELECT session_id FROM {TOUCHES} "
             f"WHERE stamp >= $start AND stamp < $end)")
 
 
@@ -148,6 +155,7 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
             "SELECT session_id FROM fs_cas_new UNION "
             "SELECT __fs_old_session FROM fs_cas_new WHERE __fs_old_session IS NOT NULL)")
         changed[feed] += refresh_sessions(cur, am.feed, "fs_cas_touched")
+        cur.execute(f"INSERT INTO {TOUCHES} SELECT $stamp, session_id FROM fs_cas_touched", {"stamp": stamp})
     return rejects
 
 
@@ -286,5 +294,5 @@ def _count_invalid(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: da
                     extra={"feed": feed, "field": name, "reason": reason, "count": n})
 
 
-__all__ = ["ACTIONS", "FEED", "RUNS_SQL", "actions_mapping", "apply_actions", "ensure_schema", "refresh_sessions",
+__all__ = ["ACTIONS", "FEED", "RUNS_SQL", "TOUCHES", "actions_mapping", "apply_actions", "ensure_schema", "refresh_sessions",
            "window_filter", "window_select"]

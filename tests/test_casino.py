@@ -201,6 +201,7 @@ def test_updated_and_deleted_actions_change_the_aggregate_and_restamp(client, ma
     materializer.apply([src.delete(2)], {})  # a cancelled win, deleted in the source
     w1, w2 = pull(client, *hour(1)), pull(client, *hour(2))
     assert set(w1) == {"s"} and set(w2) == {"s"}  # t untouched: in neither
+    assert set(pull(client, *hour(0))) == {"s", "t"}  # s stays in the window its actions first landed in
     assert agg(w2["s"]) == src.expected("s")
     assert (w2["s"]["win_count"], Decimal(str(w2["s"]["bet_amount"]))) == (0, Decimal("4"))
     assert w2["s"]["modified_at"] == f"{T0 + timedelta(hours=2, minutes=10):%Y-%m-%d %H:%M:%S}"

@@ -201,11 +201,12 @@ def test_delete_policies(store: Store, materializer: Materializer, events: Event
 
 def test_wide_decimals_are_judged_per_value(store: Store, materializer: Materializer, events: Events) -> None:
     """Postgres numeric is unbounded; a value past DECIMAL(38) must not sink the batch."""
-    batch = [events.record("c", None, payment("big", amount="1" + "0" * 40 + ".5"), table="payments", key=("pay_id",)),
+    huge = "1" + "0" * 40 + ".5"  # 41 digits before the point: no DECIMAL(38) holds it
+    batch = [events.record("c", None, payment("big", amount=huge), table="payments", key=("pay_id",)),
              events.record("c", None, payment("tiny", amount="0.00000001"), table="payments", key=("pay_id",))]
     result = materializer.apply(batch, {})
     assert [r["amount"] for r in rows(store, "transactions")] == [Decimal("1E-8")]
-    assert result.quarantined == 1 and "amount: invalid value '1" + "0" * 40 + ".5'" in quarantine(store)[0][2]
+    assert result.quarantined == 1 and f"amount: invalid value '{huge}" in quarantine(store)[0][2]
 
 
 def test_custom_fields_in_json(store: Store, materializer: Materializer, events: Events, clock: ManualClock) -> None:

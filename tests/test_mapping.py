@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from materializer.mapping import MappingError, load_mapping
+from schemas import load_feeds
 from tests.fix_store import MAPPING
 
 
@@ -23,7 +24,8 @@ def base() -> dict:
 
 def test_reference_mapping_loads() -> None:
     m = load_mapping(MAPPING)
-    assert m.topics == ["spacevegas.public.users"]
+    assert {"spacevegas.public.users", "spacevegas.public.payments", "spacevegas.public.sb_selections"} <= set(m.topics)
+    assert {fm.source.topic for fm in (m.feeds["players"], m.feeds["contacts"])} == {"spacevegas.public.users"}
     players = m.feeds["players"]
     assert players.exprs["first_name"] == "fname"
     assert "modified_at" not in players.exprs  # the stamp is never mapped
@@ -41,6 +43,44 @@ def test_reference_mapping_loads() -> None:
     (lambda d: d["tables"]["public.users"]["columns"].update(dob="datetime64"), ["public.users", "dob"]),
     (lambda d: d["feeds"]["players"].update(on_delete="drop"), ["players", "on_delete"]),
     (lambda d: d["feeds"]["players"].update(source="users"), ["players", "schema.table"]),
+    # custom fields
+    (lambda d: d["feeds"]["players"]["custom_fields"]["vip_level"].update(type="float"),
+     ["players", "vip_level", "type 'float'"]),
+    (lambda d: d["feeds"]["players"]["custom_fields"].update(city={"type": "string", "sql": "city"}),
+     ["players", "city", "standard field"]),
+    (lambda d: d["feeds"]["players"]["custom_fields"].update({"VIP Level": {"type": "string", "sql": "x"}}),
+     ["players", "VIP Level", "lower-case"]),
+    (lambda d: d["feeds"]["transactions"].update(custom_fields={"x": {"type": "string", "sql": "x"}}),
+     ["transactions", "custom_fields", "players"]),
+    (lambda d: d["feeds"]["players"]["fields"].update(vip_level="vip_level"),
+     ["players", "vip_level", "custom_fields"]),
+    # values checked against the spec at load
+    (lambda d: d["feeds"]["transactions"]["fields"].update(dir={"sql": "kind", "map": {"D": "IN", "W": "SIDEWAYS"}}),
+     ["transactions", "dir", "SIDEWAYS", "IN, OUT"]),
+    (lambda d: d["feeds"]["transactions"]["fields"].update(currency={"const": "EURO"}),
+     ["transactions", "currency", "EURO"]),
+    (lambda d: d["feeds"]["transactions"]["fields"].update(dir={"const": None}), ["transactions", "dir", "required"]),
+    (lambda d: d["feeds"]["bonus_assignments"]["fields"].update(active={"const": 5}), ["bonus_assignments", "active"]),
+    (lambda d: d["feeds"]["players"]["fields"].update(gender={"sql": "sex", "map": {True: "male"}}),
+     ["players", "gender", "quote"]),
+    (lambda d: d["feeds"]["players"]["fields"].update(gender={"sql": "sex", "const": "x"}),
+     ["players", "gender", "stands alone"]),
+    # expressions checked by binding them
+    (lambda d: d["feeds"]["players"]["fields"].update(city="lowr(city)"), ["players", "city", "lowr"]),
+    (lambda d: d["feeds"]["players"]["fields"].update(city="lower(city, 2)"), ["players", "city", "lower"]),
+    (lambda d: d["feeds"]["players"]["fields"].update(city="max(city)"), ["players", "city", "aggregate"]),
+    (lambda d: d["feeds"]["players"]["fields"].update(city="row_number() OVER ()"), ["players", "city", "window"]),
+    # typos in keys
+    (lambda d: d["feeds"]["players"].update(on_delet="ignore"), ["players", "on_delet", "typo"]),
+    (lambda d: d.update(source_zon="UTC"), ["source_zon", "typo"]),
+    (lambda d: d["tables"].update({"public.userz": {"columns": {"x": "date"}}}), ["public.userz", "no feed"]),
+    (lambda d: d["tables"]["public.users"].update(colums={}), ["public.users", "colums"]),
+    # delete policies
+    (lambda d: d["feeds"]["players"].update(on_delete={"set": {"status": {"sql": "fname"}}}),
+     ["players", "on_delete", "status", "constant"]),
+    (lambda d: d["feeds"]["bonus_assignments"].update(on_delete={"set": {"active": 7}}),
+     ["bonus_assignments", "on_delete", "active"]),
+    (lambda d: d["feeds"]["players"].update(on_delete={"set": {"id": "x"}}), ["players", "id", "key"]),
 ])
 def test_wrong_mapping_names_file_feed_and_field(tmp_path: Path, change, words: list[str]) -> None:
     doc = base()
@@ -57,3 +97,30 @@ def test_wrong_mapping_names_file_feed_and_field(tmp_path: Path, change, words: 
 def test_missing_file_says_which_setting(tmp_path: Path) -> None:
     with pytest.raises(MappingError, match="FEEDSTORE_MAPPING"):
         load_mapping(tmp_path / "nope.yaml")
+
+
+def test_topic_override_and_zone_per_table(tmp_path: Path) -> None:
+    doc = base()
+    doc["tables"]["public.users"].update(topic="legacy.cdc.users", zone="Asia/Tokyo")
+    m = load_mapping(write(tmp_path, doc))
+    assert m.feeds["players"].source.topic == m.feeds["contacts"].source.topic == "legacy.cdc.users"
+    assert m.feeds["players"].source.zone.key == "Asia/Tokyo"
+    assert m.feeds["transactions"].source.zone.key == "Europe/Malta"
+    assert "legacy.cdc.users" in m.topics
+
+
+def test_custom_fields_extend_the_feed_after_the_spec_fields() -> None:
+    players = load_mapping(MAPPING).feeds["players"].feed
+    custom = players.fields[-5:]
+    assert [(f.name, f.type, f.required) for f in custom] == [
+        ("vip_level", "integer", False), ("lifetime_value", "decimal", False), ("kyc_status", "string", False),
+        ("last_deposit_at", "timestamp", False), ("segments", "array", False)]
+    assert custom[1].scale == 2
+    assert players.field_names[:18] == load_feeds()["players"].field_names
+
+
+def test_enum_map_without_default_passes_unmapped_values_on() -> None:
+    dir_sql = load_mapping(MAPPING).feeds["transactions"].exprs["dir"]
+    assert dir_sql.endswith("ELSE CAST((kind) AS VARCHAR) END")
+    status_sql = load_mapping(MAPPING).feeds["sport_events"].exprs["status"]
+    assert status_sql.endswith("ELSE 'unknown' END")

@@ -59,17 +59,26 @@ def source(stack: LocalStack) -> Iterator[Source]:
     src = Source(f"postgresql://postgres@127.0.0.1:{stack.postgres.port}/{dbname}", dbname, role, role, stack)
     src.sql(legacy_schema())
     yield src
-    print("PGLOG", stack.postgres.log.read_text()[-3000:])
+    try:
+        _drop(server, dbname, [role, f"probe_{tag}"])
+    except Exception:
+        import time
+        time.sleep(2)
+        print("PGLOG", stack.postgres.log.read_text()[-8000:])
+        raise
+
+
+def _drop(server: str, dbname: str, roles: list[str]) -> None:
     with psycopg.connect(server, autocommit=True) as conn:
         for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,)):
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)'.encode())
-        for name in (role, f"probe_{tag}"):
+        for name in roles:
             conn.execute(f'DROP ROLE IF EXISTS "{name}"'.encode())
 
 
 def players_mapping(tmp_path: Path, source: str | None = None, on_delete: Any = None,
-                    player_id: str | None = None) -> Path:
+                    player_id: str | None = None, prefix: str = "onboard") -> Path:
     """The reference players feed alone (other feeds' tables are not the point here)."""
     doc = yaml.safe_load(REFERENCE.read_text())
     feed = dict(doc["feeds"]["players"])
@@ -82,7 +91,7 @@ def players_mapping(tmp_path: Path, source: str | None = None, on_delete: Any = 
     if player_id is not None:
         feed["fields"] = dict(feed["fields"], id=player_id)
     path = tmp_path / "mapping.yaml"
-    path.write_text(yaml.safe_dump({"topic_prefix": "onboard", "source_zone": doc.get("source_zone", "UTC"),
+    path.write_text(yaml.safe_dump({"topic_prefix": prefix, "source_zone": doc.get("source_zone", "UTC"),
                                     "tables": tables, "feeds": {"players": feed}}))
     return path
 

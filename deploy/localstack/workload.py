@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -34,6 +35,9 @@ SPORTS = [("fb", "Football"), ("tns", "Tennis"), ("bb", "Basketball"), ("vlbl", 
 TEAMS = ["Valletta FC", "Hibernians", "Birkirkara", "Floriana", "Sliema Wanderers", "Hamrun Spartans"]
 MARKETS = ["Match Result", "Over/Under 2.5", "Both Teams To Score", "Handicap -1"]
 EVENT_STATES = ["PRE", "LIVE", "SUSP", "FT", "CLOSED", "DELAY", "CANC"]
+GAMES = [("pariplay-lucky-lion", "Lucky Lion", "PARIPLAY"), ("netent-starburst", "Starburst", "NetEnt"),
+         ("evo-lightning-roulette", "Lightning Roulette", "Evolution"), ("pp-sweet-bonanza", "Sweet Bonanza",
+         "Pragmatic Play"), ("play-n-go-book-of-dead", "Book of Dead", "Play'n GO")]  # casino block
 
 _RANDOM_USER = "(SELECT user_id FROM users ORDER BY random() LIMIT 1)"
 _MALTA_NOW = "(now() AT TIME ZONE 'Europe/Malta')"
@@ -57,6 +61,7 @@ class Workload:
             (1, self.revoke_bonus), (1, self.add_bonus), (1, self.add_tournament), (2, self.add_event),
             (4, self.advance_event), (6, self.place_bet), (4, self.settle_bet),
         ]
+        self.actions += self.casino_steps()  # the casino block below
 
     # -- setup ------------------------------------------------------------------------
 
@@ -70,6 +75,7 @@ class Workload:
         self.add_tournament(cur)
         for _ in range(3):
             self.add_event(cur)
+        self.seed_games(cur)
 
     # -- players and contacts --------------------------------------------------------
 
@@ -229,6 +235,60 @@ class Workload:
             "UPDATE sb_bets SET state = %s, payout = CASE WHEN %s THEN stake * 2.5 ELSE 0 END "
             "WHERE bet_id = (SELECT bet_id FROM b)",
             ("W" if won else "L", "won" if won else "lost", won))
+
+    # -- casino (casino_activity, docs/casino.md) ----------------------------------------
+    # Players play game sessions (rounds): each step adds a bet, often with its win, to
+    # an open session or opens a new one; now and then a bet is rolled back (a ROLLBACK
+    # row), an action is corrected or deleted, or a column no feed carries changes.
+
+    def casino_steps(self) -> list[tuple[float, Callable[[psycopg.Cursor], None]]]:
+        self.sessions: list[tuple[str, str, int]] = []  # open (round_ref, game code, user_id)
+        return [(14, self.play), (1, self.roll_back_bet), (1, self.correct_action), (1, self.touch_action)]
+
+    def seed_games(self, cur: psycopg.Cursor) -> None:
+        for code, title, provider in GAMES:
+            cur.execute("INSERT INTO games (code, title, provider) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        (code, title, provider))
+
+    def play(self, cur: psycopg.Cursor) -> None:
+        r = self.rng
+        if not self.sessions or r.random() < 0.2:
+            row = cur.execute(f"SELECT {_RANDOM_USER}").fetchone()
+            assert row is not None
+            self.sessions.append((str(uuid.UUID(int=r.getrandbits(128), version=4)), r.choice(GAMES)[0], row[0]))
+            self.sessions = self.sessions[-20:]
+        session, game, user = r.choice(self.sessions)
+        bet = Decimal(r.randrange(10, 5000)) / 100
+        win = Decimal(r.randrange(0, 20000)) / 100 if r.random() < 0.4 else None
+        # One statement, one source transaction: the bet and its win, as the game server writes them.
+        cur.execute(
+            "INSERT INTO game_actions (round_ref, user_id, game_code, game_title, provider, tx_type, amount, currency, "
+            "wallet, client_ip, client_ua, aff_code, server_node) "
+            "SELECT %(session)s::uuid, %(user)s, g.code, g.title, g.provider, t.kind, t.amount, 'EUR', %(wallet)s, "
+            "%(ip)s::inet, %(ua)s, %(aff)s, 'node-1' FROM games g, "
+            "(VALUES ('BET', %(bet)s::numeric), ('WIN', %(win)s::numeric)) t(kind, amount) "
+            "WHERE g.code = %(game)s AND t.amount IS NOT NULL",
+            {"game": game, "session": session, "user": user, "bet": bet, "win": win,
+             "wallet": r.choice(["real", "real", "bonus"]), "ip": f"10.1.{r.randrange(256)}.{r.randrange(1, 255)}",
+             "ua": "Mozilla/5.0 (Linux; Android 14)", "aff": r.choice(["aff42", None])})
+
+    def roll_back_bet(self, cur: psycopg.Cursor) -> None:
+        cur.execute(
+            "INSERT INTO game_actions (round_ref, user_id, game_code, game_title, provider, tx_type, amount, currency, "
+            "wallet, client_ip, client_ua, aff_code) "
+            "SELECT round_ref, user_id, game_code, game_title, provider, 'ROLLBACK', amount, currency, wallet, "
+            "client_ip, client_ua, aff_code FROM game_actions WHERE tx_type = 'BET' ORDER BY id DESC LIMIT 1")
+
+    def correct_action(self, cur: psycopg.Cursor) -> None:
+        pick = "(SELECT id FROM game_actions ORDER BY id DESC OFFSET 3 LIMIT 1)"
+        if self.rng.random() < 0.7:
+            cur.execute(f"UPDATE game_actions SET amount = amount + 1 WHERE id = {pick}")
+        else:
+            cur.execute(f"DELETE FROM game_actions WHERE id = {pick}")
+
+    def touch_action(self, cur: psycopg.Cursor) -> None:
+        cur.execute("UPDATE game_actions SET server_node = 'node-2' WHERE id = "
+                    "(SELECT id FROM game_actions ORDER BY id DESC LIMIT 1)")
 
     # -- driving ----------------------------------------------------------------------
 
