@@ -45,8 +45,9 @@ BASIC_CACHE_S = 300.0  # a verified Basic credential skips the KDF for this long
 class Authenticator:
     def __init__(self, credentials: Mapping[str, Credential], *, max_skew_s: int = 300,
                  clock: Callable[[], float] = time.time, replay: ReplayCache | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, verify: Callable[[str, str], bool] = verify_password) -> None:
         self.credentials = dict(credentials)
+        self.verify = verify
         self.max_skew_s = max_skew_s
         self.clock = clock
         self.replay = replay if replay is not None else ReplayCache()
@@ -94,7 +95,7 @@ class Authenticator:
         cred = self.credentials.get(user)
         stored = cred.password_hash if cred is not None else None
         # Same KDF work whether or not the user exists or may use Basic at all.
-        ok = verify_password(password, stored or DUMMY) and stored is not None
+        ok = self.verify(password, stored or DUMMY) and stored is not None
         if not ok or cred is None:
             self._refuse(req, "invalid", INVALID)
         with self._lock:

@@ -81,6 +81,9 @@ def parse_credentials(doc: Any, where: str, env: Mapping[str, str]) -> dict[str,
             raise CredentialsError(f"{ctx}: a name must be non-empty without ':', ',' or blanks")
         if not isinstance(spec, dict):
             raise CredentialsError(f"{ctx}: expected a mapping (password_hash, hmac_secret_env, feeds, ...)")
+        if "hmac_secret" in spec:
+            raise CredentialsError(f"{ctx}: do not write an HMAC secret into this file; use hmac_secret_env or "
+                                   "hmac_secret_file")
         unknown = set(spec) - _KEYS
         if unknown:
             raise CredentialsError(f"{ctx}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
@@ -89,9 +92,6 @@ def parse_credentials(doc: Any, where: str, env: Mapping[str, str]) -> dict[str,
 
 
 def _credential(name: str, spec: dict[str, Any], ctx: str, env: Mapping[str, str]) -> Credential:
-    if "hmac_secret" in spec:
-        raise CredentialsError(f"{ctx}: do not write an HMAC secret into this file; use hmac_secret_env or "
-                               "hmac_secret_file")
     pw = _one_of(spec, "password_hash", ctx, env, inline=True)
     if pw is not None:
         try:

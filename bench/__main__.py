@@ -55,6 +55,7 @@ def run_one(name: str, ctx: Context, *, load: Callable[[str], Any] = importlib.i
     if runner is None:
         return failed(name, f"bench/{name}.py has no run(quick) function; skipped")
     started = time.monotonic()
+    load_before = machine()["load_avg"]
     say(f"== {name} ({'quick' if ctx.quick else 'full'})")
     try:
         params = inspect.signature(runner).parameters
@@ -68,7 +69,8 @@ def run_one(name: str, ctx: Context, *, load: Callable[[str], Any] = importlib.i
     result.setdefault("title", name)
     secs = time.monotonic() - started
     result.setdefault("notes", [])
-    result["notes"].append(f"Took {secs:.0f} s including setup.")
+    result["notes"].append(f"Took {secs:.0f} s including setup; load average {load_before} before, "
+                           f"{machine()['load_avg']} after (1/5/15 min, {os.cpu_count()} cores).")
     say(f"== {name} done in {secs:.0f}s")
     return result
 

@@ -51,7 +51,7 @@ RETURNING user_id
 
 def plan(quick: bool) -> list[tuple[int, float]]:
     """(source changes per second, seconds) per measurement."""
-    return [(1000, 6.0)] if quick else [(1000, 20.0), (5000, 15.0)]
+    return [(1000, 5.0)] if quick else [(1000, 20.0), (5000, 15.0)]
 
 
 @dataclass

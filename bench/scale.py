@@ -39,8 +39,8 @@ WORDS = ["Valletta", "Berlin", "São Paulo", "Tokyo", "Monrovia", "Toronto", "Sl
 
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"sizes": [0, 200_000, 1_000_000], "events": 10_000, "window": 100_000}
-    return {"sizes": [0, 1_000_000, 10_000_000, 50_000_000], "events": 50_000, "window": 1_000_000}
+        return {"sizes": [0, 100_000, 500_000], "events": 5_000, "window": 50_000}
+    return {"sizes": [0, 1_000_000, 10_000_000, 50_000_000], "events": 20_000, "window": 1_000_000}
 
 
 def _lit(s: str) -> str:

@@ -31,7 +31,7 @@ from materializer.mapping import Mapping
 CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 HEARTBEAT_PREFIX = "__debezium-heartbeat"  # cdc/decode.py skips topics with this prefix
-DEFAULT_PASSWORD_REF = "${file:/run/secrets/source-db.properties:password}"
+DEFAULT_PASSWORD_REF = "${file:/run/secrets/source-db.properties:password}"  # noqa: S105 - a reference
 PUBLICATION_MODES = ("filtered", "all_tables", "disabled")
 _PLACEHOLDER = re.compile(r"\$\{(file|env|dir):[^}]+\}")
 
@@ -120,10 +120,11 @@ def source_tables(mapping: Mapping) -> list[str]:
     return sorted({t.name for t in mapping.tables.values()} | {fm.source.name for fm in mapping.feeds.values()})
 
 
-def connector_config(mapping: Mapping, db: Database, names: SourceNames = SourceNames(), *,
+def connector_config(mapping: Mapping, db: Database, names: SourceNames | None = None, *,
                      name: str | None = None, heartbeat_ms: int = 10_000, snapshot_mode: str = "initial",
                      extra: dict[str, str] | None = None) -> dict[str, Any]:
     """``{"name": ..., "config": {...}}`` as Kafka Connect's ``POST /connectors`` takes it."""
+    names = names or SourceNames()
     name = name or f"{mapping.topic_prefix}-feedstore"
     for table in mapping.tables.values():
         if table.topic != f"{mapping.topic_prefix}.{table.name}":
@@ -188,7 +189,7 @@ def register(connector: dict[str, Any], url: str, *, wait_s: float = 60.0) -> st
     base = url.rstrip("/")
     name = connector["name"]
     body = json.dumps(connector["config"]).encode()
-    req = urllib.request.Request(f"{base}/connectors/{name}/config", data=body, method="PUT",
+    req = urllib.request.Request(f"{base}/connectors/{name}/config", data=body, method="PUT",  # noqa: S310
                                  headers={"Content-Type": "application/json", "Accept": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's Connect URL

@@ -156,8 +156,9 @@ def _text(stmt: sql.Composable) -> str:
     return stmt.as_string(None) + ";"
 
 
-def plan(facts: Facts, mapping: Mapping, names: SourceNames = SourceNames()) -> list[Check]:
+def plan(facts: Facts, mapping: Mapping, names: SourceNames | None = None) -> list[Check]:
     """Every check, in the order its fixes must run (role, grants, tables, publication)."""
+    names = names or SourceNames()
     checks = [_version(facts), _wal_level(facts), *_capacity(facts, names), *_role(facts)]
     needs = identity_needs(mapping, {n: t.key for n, t in facts.tables.items()})
     for name in source_tables(mapping):
@@ -412,10 +413,10 @@ def _first_line(ex: BaseException) -> str:
     return re.sub(r"^connection failed: ", "", text)
 
 
-def gather(conn: psycopg.Connection[Any], mapping: Mapping, names: SourceNames = SourceNames(),
+def gather(conn: psycopg.Connection[Any], mapping: Mapping, names: SourceNames | None = None,
            role: str | None = None) -> Facts:
     try:
-        return _gather(conn, mapping, names, role)
+        return _gather(conn, mapping, names or SourceNames(), role)
     except psycopg.Error as ex:
         raise SourceError(f"reading the catalog failed: {_first_line(ex)}") from ex
 
@@ -464,7 +465,10 @@ def _gather(conn: psycopg.Connection[Any], mapping: Mapping, names: SourceNames,
 
 
 def _table_facts(conn: psycopg.Connection[Any], name: str, role: str | None) -> TableFacts:
-    oid = _one(conn, "SELECT to_regclass(%s)::oid", (_ident(name).as_string(conn),))
+    # By catalog names, not to_regclass: that needs USAGE on the schema, which may be what is missing.
+    schema, table = name.split(".")
+    oid = _one(conn, "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", (schema, table))
     if oid is None:
         return TableFacts(name, exists=False)
     key = tuple(c for (c,) in conn.execute(
@@ -496,7 +500,7 @@ def _table_facts(conn: psycopg.Connection[Any], name: str, role: str | None) -> 
 
 def apply(conn: psycopg.Connection[Any], fixes: Iterable[Fix]) -> list[str]:
     """Run the applicable fixes in order; stop at the first failure with what to do."""
-    done = []
+    done: list[str] = []
     for fix in fixes:
         if not fix.applicable:
             continue

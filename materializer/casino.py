@@ -118,12 +118,6 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
         f"SELECT {_I}, __fs_missing FROM fs_cas_m WHERE __fs_missing IS NOT NULL ORDER BY {_I}").fetchall()]
     _count_invalid(cur, am, stamp, invalid)
     ops = "" if am.on_delete == "remove" else f"AND {_OP} <> 'd'"
-    cur.execute(
-        f"CREATE OR REPLACE TEMP TABLE fs_cas_latest AS SELECT * FROM fs_cas_m WHERE __fs_missing IS NULL {ops} "
-        f"QUALIFY row_number() OVER (PARTITION BY action_key ORDER BY {_POS} DESC, {_I} DESC) = 1")
-    # The stored rows of these keys: a hash join on 64-bit hashes, then the exact key.
-    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_old AS SELECT a.rowid AS __fs_rid, a.* FROM {ACTIONS} a "
-                "WHERE a.kh IN (SELECT kh FROM fs_cas_latest)")
     cols = _columns(am)
     new = {c: f"m.{q(c)}" for c in cols} | {"stamp": "$stamp", POS: f"m.{_POS}", "deleted": "FALSE"}
     gone = {c: f"o.{q(c)}" for c in cols} | {"stamp": "$stamp", POS: f"m.{_POS}", "deleted": "TRUE"}
@@ -132,14 +126,24 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
     def select(values: dict[str, str]) -> str:
         return ", ".join(f"{values[c]} AS {q(c)}" for c in cols)
 
+    # The newest valid event per key; the stored rows of those keys: a hash join on
+    # 64-bit hashes (from a table, not a CTE: only then does DuckDB push a Bloom filter
+    # of the batch's keys into the scan, which then reads ~1 column, not all 20), then
+    # the exact key; what each key's row becomes.
+    cur.execute(
+        f"CREATE OR REPLACE TEMP TABLE fs_cas_latest AS SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT arg_max({_I}, "
+        f"({_POS}::HUGEINT << 32) + {_I}) FROM fs_cas_m WHERE __fs_missing IS NULL {ops} GROUP BY action_key)")
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_old AS SELECT a.rowid AS __fs_rid, a.* FROM {ACTIONS} a "
+                "WHERE a.kh IN (SELECT kh FROM fs_cas_latest)")
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_cas_new AS "
+        f"WITH latest AS (SELECT * FROM fs_cas_latest), old AS (SELECT * FROM fs_cas_old) "
         f"SELECT o.__fs_rid, o.session_id AS __fs_old_session, {select(new)} "
-        "FROM fs_cas_latest m LEFT JOIN fs_cas_old o ON o.action_key = m.action_key "
+        "FROM latest m LEFT JOIN old o ON o.action_key = m.action_key "
         f"WHERE m.{_OP} <> 'd' AND (o.__fs_rid IS NULL OR (m.{_POS} >= o.{POS} AND (o.deleted OR {differs}))) "
         "UNION ALL "
         f"SELECT o.__fs_rid, o.session_id, {select(gone)} "
-        "FROM fs_cas_latest m JOIN fs_cas_old o ON o.action_key = m.action_key "
+        "FROM latest m JOIN old o ON o.action_key = m.action_key "
         f"WHERE m.{_OP} = 'd' AND m.{_POS} >= o.{POS} AND NOT o.deleted",
         {"stamp": stamp})
     moved = scalar(cur, "SELECT count(*) FROM fs_cas_new")
@@ -181,7 +185,6 @@ def _aggregate_sql(feed: Feed, touched: str) -> str:
     actions (the latest action that has a value), or from the deleted ones when none is
     left, so a session whose every action was deleted still reports zeros.
     """
-    order = f"(NOT a.deleted, a.acted_at, a.{POS})"
     sums = {"bet_count": "bets", "win_count": "wins", "bet_amount": "bet_amount", "win_amount": "win_amount"}
     out = []
     for f in feed.fields:
@@ -189,18 +192,22 @@ def _aggregate_sql(feed: Feed, touched: str) -> str:
             out.append("a.session_id")
         elif f.name in sums:
             out.append(f"coalesce(sum(a.{sums[f.name]}) FILTER (WHERE NOT a.deleted), 0) AS {f.name}")
-        elif f.name == "created_at":
-            out.append("arg_min(a.acted_at, (a.deleted, a.acted_at)) AS created_at")
-        elif f.name == "updated_at":
-            out.append("arg_max(a.acted_at, (NOT a.deleted, a.acted_at)) AS updated_at")
+        elif f.name in ("created_at", "updated_at"):
+            agg = "min" if f.name == "created_at" else "max"
+            out.append(f"coalesce({agg}(a.acted_at) FILTER (WHERE NOT a.deleted), {agg}(a.acted_at)) AS {f.name}")
         elif f.name == feed.stamp:
             out.append(f"max(a.stamp) AS {q(f.name)}")
-        else:
-            out.append(f"arg_max(a.{q(f.name)}, {order}) AS {q(f.name)}")
+        else:  # arg_max skips NULL values: the latest action that has one
+            out.append(f"arg_max(a.{q(f.name)}, a.__fs_ord) AS {q(f.name)}")
     out.append(f"max(a.{POS}) AS {POS}")
+    # Live before deleted, then by own time, then by source position; one HUGEINT, as
+    # arg_max over a struct key costs ~3x more.
+    order = (f"((CASE WHEN deleted THEN 0 ELSE 1 END)::HUGEINT << 120) "
+             f"+ (CAST(epoch_us(acted_at) AS HUGEINT) << 60) + coalesce({POS}, 0)")
     # The hash join reads one integer column of all actions; the exact session_id test
     # then runs on the few rows it kept (hash collisions).
-    return (f"SELECT {', '.join(out)} FROM (SELECT * FROM {ACTIONS} WHERE sh IN (SELECT sh FROM {touched})) a "
+    return (f"SELECT {', '.join(out)} FROM (SELECT *, {order} AS __fs_ord FROM {ACTIONS} "
+            f"WHERE sh IN (SELECT sh FROM {touched})) a "
             f"WHERE a.session_id IN (SELECT session_id FROM {touched}) GROUP BY a.session_id")
 
 

@@ -406,7 +406,8 @@ def _check_binding(sql: str, source: SourceTable, ctx: str) -> None:
         f"CAST(NULL AS {_duck_type(source.types[c])}) AS {_q(c)}" if c in source.types else f"NULL AS {_q(c)}"
         for c in cols)
     try:
-        _scratch().cursor().execute(f"SELECT ({sql}), __fs_k FROM (SELECT {select + ', ' if select else ''}1 AS __fs_k)")
+        columns = select + ", " if select else ""
+        _scratch().cursor().execute(f"SELECT ({sql}), __fs_k FROM (SELECT {columns}1 AS __fs_k)")
     except duckdb.CatalogException as ex:
         raise MappingError(f"{ctx}: {sql!r}: {_first_line(ex)}") from ex
     except duckdb.BinderException as ex:

@@ -15,7 +15,7 @@ from schemas import Feed, Field
 from schemas.vocab import CRYPTOCURRENCIES
 
 #: Accepted spelling of the window bounds (a '+' in the query string decodes to ' ').
-WINDOW_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$"
+WINDOW_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[ T]([01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
@@ -130,7 +130,8 @@ def _bound(name: str, kind: str) -> dict[str, Any]:
         "required": True,
         "description": f"Window bound ({kind}), UTC, 'YYYY-MM-DD HH:MM:SS' (space as '+' or "
         "'%20'). The window is half-open: [from, to).",
-        "schema": {"type": "string", "pattern": WINDOW_PATTERN, "example": "2020-10-10 07:00:00"},
+        "schema": {"type": "string", "pattern": WINDOW_PATTERN,
+                   "example": "2020-10-10 07:00:00" if name == "from" else "2020-10-10 08:00:00"},
     }
 
 

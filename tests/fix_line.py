@@ -39,10 +39,12 @@ import orjson
 import psutil
 import psycopg
 import pytest
+import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from deploy.localstack.debezium import Debezium, connector_properties
 from deploy.localstack.procs import free_port, port_open, wait_until
-from deploy.localstack.stack import LocalStack
+from deploy.localstack.stack import LocalStack, legacy_schema
 from deploy.localstack.workload import Workload
 from materializer.mapping import Mapping, load_mapping
 from tests.pullsim import Client
@@ -197,23 +199,28 @@ class Audited:
 class Source:
     """The operator's Postgres seen from outside the line: what was committed, and a workload."""
 
-    def __init__(self, stack: LocalStack, mapping: Mapping, *, rate: float = 40.0, seed: int = 11) -> None:
-        self.stack = stack
+    def __init__(self, dsn: str, mapping: Mapping, *, rate: float = 20.0, seed: int = 11) -> None:
+        self.dsn = dsn
         self.tables = sorted({fm.source.name for fm in mapping.feeds.values()})
-        self.workload = Workload(stack.dsn, rate=rate, seed=seed)
+        self.workload = Workload(dsn, rate=rate, seed=seed)
         self.statements = 0
         self.errors = 0
         self._run = threading.Event()
+        self._idle = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.since = 0
-        with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(_AUDIT)
             for t in self.tables:
                 conn.execute(f"CREATE OR REPLACE TRIGGER fs_audit AFTER INSERT OR UPDATE OR DELETE ON {t} "
                              "FOR EACH ROW EXECUTE FUNCTION fs_audit.record()")
             row = conn.execute("SELECT coalesce(max(id), 0) FROM fs_audit.log").fetchone()
             self.since = int(row[0]) if row else 0  # this run's changes only
+            self.keys = {t: [r[0] for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
+                (t,)).fetchall()] for t in self.tables}
 
     def start(self) -> Source:
         self._run.set()
@@ -222,8 +229,9 @@ class Source:
         return self
 
     def pause(self) -> None:
+        """Stop issuing statements; returns once the one in flight (if any) has finished."""
         self._run.clear()
-        time.sleep(0.2)  # let a statement in flight finish
+        self._idle.wait(30)
 
     def resume(self) -> None:
         self._run.set()
@@ -239,15 +247,16 @@ class Source:
         seeded = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.stack.dsn, autocommit=True, connect_timeout=3) as conn, \
-                        conn.cursor() as cur:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=3) as conn, conn.cursor() as cur:
                     if not seeded:
                         self.workload.seed_reference_data(cur)
                         seeded = True
                     next_at = time.monotonic()
                     while not self._stop.is_set():
                         if not self._run.is_set():
+                            self._idle.set()
                             self._run.wait()
+                            self._idle.clear()
                             next_at = time.monotonic()
                             continue
                         self.workload.step(cur)
@@ -256,10 +265,12 @@ class Source:
                         self._stop.wait(max(0.0, next_at - time.monotonic()))
             except psycopg.Error:
                 self.errors += 1  # Postgres restarting: the statement may or may not have committed
+                if not self._run.is_set():
+                    self._idle.set()
                 self._stop.wait(0.5)
 
     def audited(self) -> list[Audited]:
-        with psycopg.connect(self.stack.dsn, autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
             rows = conn.execute("SELECT tbl, op, txid, extract(epoch FROM at)::float8, row FROM fs_audit.log "
                                 "WHERE id > %s ORDER BY id", (self.since,)).fetchall()
         return [Audited(t, op, int(x), float(at), row) for t, op, x, at, row in rows]
@@ -298,8 +309,12 @@ def _payload(raw: bytes | None) -> Any:
     return doc
 
 
-def read_log(bootstrap: str, topics: list[str]) -> list[Event]:
-    """Every event on ``topics`` from the beginning to the current end, in partition order."""
+def read_log(bootstrap: str, topics: list[str], timeout: float = 60) -> list[Event]:
+    """Every event on ``topics`` from the beginning to the current end, in partition order.
+
+    The end is each partition's high-water mark as fetch responses report it (tansu's
+    ListOffsets under-reports it, docs/contributing.md).
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              max_partition_fetch_bytes=32 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     try:
@@ -307,14 +322,15 @@ def read_log(bootstrap: str, topics: list[str]) -> list[Event]:
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         events: list[Event] = []
-        quiet = 0
-        while quiet < 3:
-            polled = consumer.poll(timeout_ms=300)
-            quiet = 0 if polled else quiet + 1
-            for tp, msgs in polled.items():
-                for m in msgs:
-                    events.append(_event(tp.topic, tp.partition, m.offset, m.key, m.value))
-        return events
+        deadline = time.monotonic() + timeout
+        while True:
+            for tp, msgs in consumer.poll(timeout_ms=200).items():
+                events.extend(_event(tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs)
+            ends = {tp: consumer.highwater(tp) for tp in parts}
+            if all(end is not None and consumer.position(tp) >= end for tp, end in ends.items()):
+                return events
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topics} to their end: {ends}")
     finally:
         consumer.close()
 
@@ -379,7 +395,12 @@ class Progress:
 
 @dataclass
 class Line:
+    """One test's line: its own source database, Debezium connector, topics and store."""
+
     stack: LocalStack
+    dsn: str
+    slot: str
+    debezium: Debezium
     mapping: Mapping
     serve: Serve
     source: Source
@@ -401,7 +422,7 @@ class Line:
         audited = self.source.audited()
         while True:
             events = read_log(self.stack.bootstrap, self.topics)
-            missing = missing_in_log(audited, events)
+            missing = missing_in_log(audited, events, self.source.keys)
             ends: dict[tuple[str, int], int] = {}
             for e in events:
                 ends[(e.topic, e.partition)] = e.offset + 1
@@ -415,31 +436,19 @@ class Line:
             time.sleep(0.5)
 
 
-def missing_in_log(audited: list[Audited], events: list[Event]) -> list[tuple[str, str, int]]:
+def missing_in_log(audited: list[Audited], events: list[Event],
+                   keys: dict[str, list[str]]) -> list[tuple[str, str, int]]:
     """Committed source changes (table, key, transaction) that no Kafka event carries."""
     seen = set()
     for e in events:
         if e.key_fields is not None and e.txid is not None:
-            table = e.topic.split(".", 1)[1]
-            seen.add((table, _key_text(e.key_fields), e.txid))
+            seen.add((e.topic.split(".", 1)[1], _key_text(e.key_fields), e.txid))
     wanted = []
-    key_cols = _key_columns(events)
     for a in audited:
-        cols = key_cols.get(a.tbl)
-        if cols is None:
-            continue  # no event of that table at all yet: counted when the first arrives
-        key = _key_text({c: a.row.get(c) for c in cols})
+        key = _key_text({c: a.row.get(c) for c in keys[a.tbl]})
         if (a.tbl, key, a.txid) not in seen:
             wanted.append((a.tbl, key, a.txid))
     return wanted
-
-
-def _key_columns(events: list[Event]) -> dict[str, list[str]]:
-    cols: dict[str, list[str]] = {}
-    for e in events:
-        if e.key_fields is not None:
-            cols.setdefault(e.topic.split(".", 1)[1], sorted(e.key_fields))
-    return cols
 
 
 def _key_text(fields: dict[str, Any]) -> str:
@@ -448,24 +457,55 @@ def _key_text(fields: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="session")
 def line_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A stack of its own: faults and poison injected here never reach the shared one."""
-    stack = LocalStack(workdir=tmp_path_factory.mktemp("line-stack"), prefix="spacevegas")
-    stack.start()
+    """Postgres and a broker of their own: faults and poison injected here never reach the
+    shared ``stack``. Each test adds its own database and Debezium connector (``line``)."""
+    stack = LocalStack(workdir=tmp_path_factory.mktemp("line-stack"))
+    stack.start(debezium=False)
     yield stack
     stack.stop()
 
 
+def operator_database(stack: LocalStack, name: str) -> str:
+    """A fresh database with the legacy schema; its DSN."""
+    admin = f"postgresql://postgres@127.0.0.1:{stack.postgres.port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"postgresql://postgres@127.0.0.1:{stack.postgres.port}/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(legacy_schema())
+    return dsn
+
+
+def mapping_for(prefix: str, path: Path) -> Path:
+    """The reference mapping with this test's topic prefix."""
+    doc = yaml.safe_load(MAPPING.read_text())
+    doc["topic_prefix"] = prefix
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
 @pytest.fixture
 def line(line_stack: LocalStack, tmp_path: Path) -> Iterator[Line]:
-    mapping = load_mapping(MAPPING)
-    group = f"line-{uuid.uuid4().hex[:8]}"
-    serve = Serve(line_stack, tmp_path / "feedstore.duckdb", tmp_path / "serve.log", group)
-    source = Source(line_stack, mapping)
-    progress = Progress(line_stack.bootstrap, group).start()
+    name = f"line_{uuid.uuid4().hex[:8]}"
+    dsn = operator_database(line_stack, name)
+    mapping_path = mapping_for(name, tmp_path / "mapping.yaml")
+    mapping = load_mapping(mapping_path)
+    workdir = tmp_path / "debezium"
+    workdir.mkdir()
+    props = connector_properties(dsn_host="127.0.0.1", port=line_stack.postgres.port, dbname=name, prefix=name,
+                                 workdir=workdir, slot=name)
+    debezium = Debezium(workdir, props, line_stack.bootstrap).start(dsn)
+    serve = Serve(line_stack, tmp_path / "feedstore.duckdb", tmp_path / "serve.log", name, mapping=mapping_path)
+    source = Source(dsn, mapping)
+    progress = Progress(line_stack.bootstrap, name).start()
     try:
-        yield Line(line_stack, mapping, serve, source, progress)
+        yield Line(line_stack, dsn, name, debezium, mapping, serve, source, progress)
     finally:
+        line_stack.broker.resume()  # never leave the broker frozen for the next test
         source.stop()
         progress.stop()
         serve.stop()
-        line_stack.broker.resume()  # never leave the broker frozen for the next test
+        debezium.stop()
+        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND NOT active", (name,))

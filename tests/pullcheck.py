@@ -346,10 +346,11 @@ class Run:
     kills: int
     source_changes: int
     statements: int
+    seconds: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
         return {"events": self.events, "kills": self.kills, "source_changes": self.source_changes,
-                "statements": self.statements, "sims": [r.summary() for r in self.reports]}
+                "statements": self.statements, "sims": [r.summary() for r in self.reports], "seconds": self.seconds}
 
 
 def run_and_check(line: Line, sims: Sequence[PullSimulator], workdir: Path, fault: Callable[[Line], None], *,
@@ -359,6 +360,15 @@ def run_and_check(line: Line, sims: Sequence[PullSimulator], workdir: Path, faul
     The workload starts first, so the topics exist and the tables have rows to change
     when the simulators and then the service start (from the beginning of the topics).
     """
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(now - mark, 1)
+        mark = now
+
     line.source.start()
     time.sleep(prewarm)
     for sim in sims:
@@ -366,23 +376,28 @@ def run_and_check(line: Line, sims: Sequence[PullSimulator], workdir: Path, faul
     try:
         line.serve.start()
         time.sleep(warmup)
+        phase("run")
         fault(line)
+        phase("fault")
         time.sleep(cooldown)
         events = line.settle()
+        phase("settle")
         done = time.time()
         pulls = {sim.name: sim.finish(done) for sim in sims}
+        phase("last windows")
     finally:
         for sim in sims:
             sim.abort()
     final = {feed: line.serve.client.everything(feed) for feed in line.feeds}
     ref = reference(line.serve.mapping, events, workdir)
-    import sys; sys.path.insert(0, "/tmp/fsx"); import dbg2; dbg2.dump(ref, pulls["minute"], line.progress, line.mapping)  # DEBUG
+    phase("reference")
     reports = [check(pulls[sim.name], ref, final, line.progress, line.mapping, sim=sim.name) for sim in sims]
     audited = line.source.audited()
     deleted = {str(a.row.get("user_id")) for a in audited if a.tbl == "public.users" and a.op == "DELETE"}
-    problems = check_players_source(line.stack.dsn, final["players"], deleted)
+    problems = check_players_source(line.dsn, final["players"], deleted)
     for r in reports:
         problems += [f"[{r.sim}] {p}" for p in r.problems]
-    run = Run(reports, len(events), line.serve.kills, len(audited), line.source.statements)
+    phase("check")
+    run = Run(reports, len(events), line.serve.kills, len(audited), line.source.statements, phases)
     assert not problems, "\n".join(problems[:40]) + f"\n{run.summary()}"
     return run

@@ -6,6 +6,7 @@ No services: the clock is injected so stamps land exactly where a test needs the
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 from datetime import datetime
 
@@ -128,11 +129,13 @@ def test_bad_events_are_quarantined_and_the_rest_applied(store, materializer, ev
     bad_dob = events.record("c", None, events.user(4, dob="yesterday"))
     result = materializer.apply([good, no_json, no_reg, bad_dob], {("spacevegas.public.users", 0): 4})
     assert result.changed["players"] == 1
-    assert result.quarantined == 3
     with store.cursor() as cur:
-        rows = cur.execute("SELECT kafka_offset, reason FROM fs_quarantine ORDER BY kafka_offset").fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3]
-    assert "registered_at" in rows[1][1]
+        rows = cur.execute("SELECT kafka_offset, feed, reason FROM fs_quarantine ORDER BY kafka_offset, feed").fetchall()
+    # One entry per event that failed, and per feed when it failed a feed's own rules
+    # (users feeds players and contacts, and user 3 lacks what both require).
+    assert result.quarantined == len(rows)
+    assert sorted({r[0] for r in rows}) == [1, 2, 3]
+    assert any(r[0] == 2 and r[1] == "players" and "registered_at" in r[2] for r in rows)
     assert store.offsets() == {("spacevegas.public.users", 0): 4}
 
 
@@ -160,3 +163,24 @@ def test_unknown_feed_is_404_json(client) -> None:
     assert resp.status_code == 404
     assert "gamblers" in resp.json["description"]
     assert "players" in resp.json["description"]
+
+
+@pytest.mark.parametrize(("accept", "gzipped"), [
+    ("gzip", True), ("gzip, deflate, br", True), ("br;q=1.0, gzip;q=0.5", True), ("*", True),
+    ("gzip;q=0", False), ("identity", False), ("", False), ("deflate", False),
+])
+def test_gzip_when_asked(client, materializer, events, accept: str, gzipped: bool) -> None:
+    materializer.apply([events.record("c", None, events.user(i, city="Valletta " * 20)) for i in range(1, 40)], {})
+    plain = pull(client, "2025-03-01+11:00:00", "2025-03-01+13:00:00").content
+    resp = client.simulate_get("/api/players", query_string="from=2025-03-01+11:00:00&to=2025-03-01+13:00:00",
+                               headers={"Accept-Encoding": accept})
+    assert resp.status_code == 200
+    assert "Accept-Encoding" in resp.headers["vary"]
+    assert resp.headers["cache-control"] == "no-store"
+    if gzipped:
+        assert resp.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(resp.content) == plain
+        assert len(resp.content) < len(plain)
+    else:
+        assert "content-encoding" not in resp.headers
+        assert resp.content == plain

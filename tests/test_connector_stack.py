@@ -22,8 +22,8 @@ from deploy.localstack.connect import start_engine, validate
 from deploy.localstack.procs import free_port, port_open, spawn, stop, wait_until
 from deploy.localstack.stack import LocalStack
 from feedstore.cli import main
+from tests.fix_onboard import REFERENCE, Source, players_mapping
 from tests.fix_stack import Served
-from tests.test_sourcecheck_stack import REFERENCE, Source, players_mapping, source  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.stack
 PROJECT = Path(__file__).resolve().parents[1]
@@ -76,16 +76,15 @@ def serve(tmp_path: Path, mapping: Path, bootstrap: str) -> Served:
 
 
 def test_operator_path_from_an_empty_database_to_a_pulled_window(source: Source, tmp_path: Path) -> None:
-    prefix = f"onb{source.slot.split('_')[1]}"
-    mapping = players_mapping(tmp_path, prefix=prefix)
+    mapping = players_mapping(tmp_path, source, prefix=f"onb{source.tag}")
     assert main(["source", "check", *source.args(mapping), "--role", source.role, "--apply", "--yes"]) == 0
     # rows from before the connector existed arrive through its snapshot, later ones through the stream
     source.sql("INSERT INTO users (user_id, fname, lname, sex, country_name, city, lang, tz, state) VALUES "
                "(1, 'Ada', 'Lovelace', 'F', 'Malta', 'Valletta', 'en-GB', 'Europe/Malta', 0), "
                "(2, 'Bob', 'Borg', 'M', 'Malta', 'Mdina', 'mt', 'Europe/Malta', 1)")
     (tmp_path / "secret").write_text("")
-    config = generated(tmp_path, "--mapping", str(mapping), "--dsn", source.dsn(source.role),
-                       "--slot", source.slot, "--password-ref", f"${{dir:{tmp_path}:secret}}")
+    config = generated(tmp_path, *source.args(mapping, source.dsn(source.role)),
+                       "--password-ref", f"${{dir:{tmp_path}:secret}}")
     assert config["database.user"] == source.role
     start = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(seconds=1)
     engine = start_engine(config, source.stack.bootstrap, tmp_path / "engine")

@@ -32,8 +32,10 @@ def test_every_change_reaches_the_crm_once_per_window_in_order(line: Line, tmp_p
     print("\nundisturbed line:", run.summary())
     minute = run.reports[0]
     assert minute.windows >= 10 and minute.rows > 0
-    assert minute.required > 0  # the intermediate-version check had something to prove
     assert all(r.delivered_versions > 0 for r in run.reports)
+    # The intermediate-version rule had something to prove (most often in the long windows:
+    # in 1 s windows the line's own latency usually outlasts the window).
+    assert sum(r.required for r in run.reports) > 0
 
 
 @pytest.mark.skipif(not os.environ.get("FEEDSTORE_SOAK"),

@@ -63,8 +63,8 @@ def ready(**overrides: object) -> Facts:
     return dataclasses.replace(facts, **overrides)  # type: ignore[arg-type]
 
 
-def by_name(facts: Facts, mapping: Mapping | None = None, names: SourceNames = SourceNames()) -> dict[str, object]:
-    return {c.name: c for c in plan(facts, mapping or players(), names)}
+def by_name(facts: Facts, mapping: Mapping | None = None) -> dict[str, object]:
+    return {c.name: c for c in plan(facts, mapping or players())}
 
 
 def test_a_ready_source_has_nothing_to_fix() -> None:

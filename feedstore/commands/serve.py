@@ -21,20 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
     class Gunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            # One worker: it owns the DuckDB file (decision 5); threads serve the pulls.
-            self.cfg.set("bind", settings.bind)
-            self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", settings.threads)
-            self.cfg.set("timeout", 300)
-            self.cfg.set("graceful_timeout", 20)
-            self.cfg.set("proc_name", "feedstore")
-            if settings.tls_cert:
-                self.cfg.set("certfile", settings.tls_cert)
-                self.cfg.set("keyfile", settings.tls_key)
-            if settings.access_log:
-                self.cfg.set("accesslog", settings.access_log)
-                self.cfg.set("logger_class", "api.accesslog.JsonAccessLogger")
+            for name, value in gunicorn_options(settings).items():
+                self.cfg.set(name, value)
 
         def load(self) -> object:
             from api.app import get_app
@@ -43,6 +31,21 @@ def run(args: argparse.Namespace) -> int:
 
     Gunicorn().run()
     return 0
+
+
+def gunicorn_options(settings: Settings) -> dict[str, object]:
+    """Gunicorn's settings for ``serve``; deploy/gunicorn.conf.py reuses them, so running
+    gunicorn directly gives the same server."""
+    # One worker: it owns the DuckDB file (decision 5); threads serve the pulls.
+    options: dict[str, object] = {
+        "bind": settings.bind, "workers": 1, "worker_class": "gthread", "threads": settings.threads,
+        "timeout": 300, "graceful_timeout": 20, "proc_name": "feedstore",
+    }
+    if settings.tls_cert:
+        options |= {"certfile": settings.tls_cert, "keyfile": settings.tls_key}
+    if settings.access_log:
+        options |= {"accesslog": settings.access_log, "logger_class": "api.accesslog.JsonAccessLogger"}
+    return options
 
 
 def _preflight(settings: Settings) -> None:

@@ -8,7 +8,6 @@ Exit status: 0 ready, 2 something to fix or the database cannot be reached.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from feedstore.commands.connector_config import add_source_names, mapping_path, source_names
 
