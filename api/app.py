@@ -15,6 +15,7 @@ import falcon
 
 from api.auth import Authenticator
 from api.credentials import IPNetwork
+from api.gate import PullGate
 from api.observe import Observe
 from api.resources import Feeds, Health, MetricsPage, OpenApi, Ready
 from feedstore.metrics import Lag, Metrics, Sources, store_sources
@@ -27,7 +28,10 @@ def create_app(store: Store, *, barrier_timeout: float = 2.0,
                status: Callable[[], dict[str, Any]] | None = None,
                auth: Authenticator | None = None, metrics: Metrics | None = None,
                trusted_proxies: Sequence[IPNetwork] = (), lag: Callable[[], Lag] | None = None,
-               max_lag: int = 10_000) -> falcon.App:
+               max_lag: int = 10_000, pull_concurrency: int = 0, pull_share: float = 1.0) -> falcon.App:
+    """The app over ``store``. ``pull_concurrency`` > 0 puts pulls behind a
+    :class:`PullGate` (that many at once; ``pull_share`` of the time while ``lag`` shows
+    a backlog), so pulls cannot starve the materializer; 0 leaves them unbounded."""
     metrics = metrics if metrics is not None else Metrics()
     metrics.watch(store_sources(store))
     middleware: list[Any] = [Observe(metrics, trusted_proxies)]
@@ -36,7 +40,8 @@ def create_app(store: Store, *, barrier_timeout: float = 2.0,
     app = falcon.App(middleware=middleware)
     app.req_options.keep_blank_qs_values = True
     app.req_options.auto_parse_qs_csv = False
-    app.add_route("/api/{feed}", Feeds(store, barrier_timeout=barrier_timeout))
+    gate = PullGate(pull_concurrency, pull_share, busy=_backlog(lag)) if pull_concurrency > 0 else None
+    app.add_route("/api/{feed}", Feeds(store, barrier_timeout=barrier_timeout, gate=gate))
     app.add_route("/health", Health())
     app.add_route("/ready", Ready(status or _store_status(store), lag, max_lag))
     app.add_route("/metrics", MetricsPage(metrics))
@@ -44,6 +49,13 @@ def create_app(store: Store, *, barrier_timeout: float = 2.0,
     app.add_route("/openapi.json", OpenApi(openapi_document(feeds)))
     app.add_error_handler(StoreError, _store_unavailable)
     return app
+
+
+def _backlog(lag: Callable[[], Lag] | None) -> Callable[[], bool]:
+    """True while the consumer has events waiting: then pulls yield to ingest."""
+    if lag is None:
+        return lambda: False
+    return lambda: any(n for n in lag().values())
 
 
 def _store_status(store: Store) -> Callable[[], dict[str, Any]]:
@@ -77,4 +89,5 @@ def get_app() -> falcon.App:
     metrics.watch(Sources(lag=lag))
     return create_app(service.store, barrier_timeout=settings.barrier_timeout_s, status=service.status,
                       auth=auth, metrics=metrics, trusted_proxies=trusted_proxies(settings), lag=lag,
-                      max_lag=settings.ready_max_lag)
+                      max_lag=settings.ready_max_lag, pull_concurrency=settings.pull_concurrency,
+                      pull_share=settings.pull_share)

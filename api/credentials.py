@@ -7,7 +7,7 @@ YAML, its path in ``FEEDSTORE_CREDENTIALS``::
         password_hash: scrypt$16384$8$1$...        # Basic; or password_hash_env / password_hash_file
         hmac_secret_env: FEEDSTORE_HMAC_INTARGET   # HMAC; or hmac_secret_file: /run/secrets/...
         allow_from: [203.0.113.0/24, 2001:db8::/48]   # optional; default: any address
-        feeds: [players, contacts]                # or "*" (all mapped feeds)
+        feeds: [players, contacts]                # or "*" (all mapped feeds), or [] (none)
         metrics: false                            # may read /metrics (default false)
 
 Only hashes may be written inline; an HMAC secret (which the server must know in
@@ -108,10 +108,10 @@ def _credential(name: str, spec: dict[str, Any], ctx: str, env: Mapping[str, str
     feeds = spec.get("feeds")
     if feeds == "*":
         allowed = None
-    elif isinstance(feeds, list) and feeds and all(isinstance(f, str) for f in feeds):
-        allowed = frozenset(feeds)
+    elif isinstance(feeds, list) and all(isinstance(f, str) for f in feeds):
+        allowed = frozenset(feeds)  # may be empty: a credential for /metrics only
     else:
-        raise CredentialsError(f"{ctx}: 'feeds' must be \"*\" or a list of feed names")
+        raise CredentialsError(f"{ctx}: 'feeds' must be \"*\" or a list of feed names ([] for none)")
     metrics = spec.get("metrics", False)
     if not isinstance(metrics, bool):
         raise CredentialsError(f"{ctx}: 'metrics' must be true or false")

@@ -10,16 +10,17 @@ import falcon
 from api.params import accepts_gzip, parse_pull
 from feedstore.metrics import Lag, Metrics
 from materializer.casino import ensure_schema
-from materializer.export import csv_chunks, gzipped, json_chunks
+from materializer.export import Gate, csv_chunks, gzipped, json_chunks
 from materializer.store import Store
 
 
 class Feeds:
     """``GET /api/{feed}``: every row whose stamp is in ``[from, to)``."""
 
-    def __init__(self, store: Store, *, barrier_timeout: float) -> None:
+    def __init__(self, store: Store, *, barrier_timeout: float, gate: Gate | None = None) -> None:
         self.store = store
         self.barrier_timeout = barrier_timeout
+        self.gate = gate
         ensure_schema(store)  # casino_activity reads the actions table even before any action arrived
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, feed: str) -> None:
@@ -46,10 +47,10 @@ class Feeds:
                 retry_after=1)
         if pull.format == "json":
             resp.content_type = falcon.MEDIA_JSON
-            stream = json_chunks(self.store, mapped.feed, pull.start, pull.end)
+            stream = json_chunks(self.store, mapped.feed, pull.start, pull.end, gate=self.gate)
         else:
             resp.content_type = "text/csv; charset=utf-8"
-            stream = csv_chunks(self.store, mapped.feed, pull.start, pull.end)
+            stream = csv_chunks(self.store, mapped.feed, pull.start, pull.end, gate=self.gate)
         resp.set_header("Cache-Control", "no-store")  # personal data: no shared caches
         resp.append_header("Vary", "Accept, Accept-Encoding")
         if accepts_gzip(req):

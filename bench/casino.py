@@ -263,12 +263,14 @@ def make_events(db: str, prefix: str, n: int, max_pos: int, seed: int, first_id:
     env = Envelopes(prefix)
     with duckdb.connect(db, read_only=True) as con:
         last = con.execute("SELECT max(stamp) - INTERVAL 1 HOUR FROM fs_casino_actions").fetchone()[0]  # type: ignore[index]
+        described = ("player_id, game_code, game_name, game_vendor, currency, ip, user_agent, "
+                     "CASE balance_type WHEN 'Prize' THEN 'bonus' ELSE 'real' END, ref_code")
         active: list[tuple[Any, ...]] = con.execute(
-            "SELECT session_id, any_value(player_id), any_value(game_code), any_value(game_name), "
-            "any_value(game_vendor), any_value(currency) FROM fs_casino_actions WHERE stamp >= ? "
+            f"SELECT session_id, any_value(({described})) FROM fs_casino_actions WHERE stamp >= ? "
             "GROUP BY session_id", [last]).fetchall()
+        active = [(sid, *(vals.values() if isinstance(vals, dict) else vals)) for sid, vals in active]
         stored = con.execute(
-            "SELECT CAST(action_key AS BIGINT), session_id, player_id, game_code, game_name, game_vendor, currency "
+            f"SELECT CAST(action_key AS BIGINT), session_id, {described} "
             "FROM fs_casino_actions WHERE NOT deleted ORDER BY stamp DESC LIMIT 50000").fetchall()[::-1]
     own_us = int((datetime.now(UTC).replace(tzinfo=None) + MALTA - datetime(1970, 1, 1)).total_seconds() * 10**6)
     now_ms = int(time.time() * 1000)
@@ -276,11 +278,12 @@ def make_events(db: str, prefix: str, n: int, max_pos: int, seed: int, first_id:
     keys: list[int] = []
 
     def row(ident: int, session: tuple[Any, ...], kind: str, amount: Decimal) -> dict[str, Any]:
-        sid, player, code, name, vendor, ccy = session
+        """One action row as the operator's game server writes it, the session's columns repeated."""
+        sid, player, code, name, vendor, ccy, ip, ua, wallet, aff = session
         return {"id": ident, "round_ref": sid, "user_id": int(player), "game_code": code, "game_title": name,
                 "provider": vendor, "tx_type": kind, "amount": decimal_b64(amount), "currency": ccy,
-                "wallet": "real", "client_ip": "10.2.3.4", "client_ua": _UAS[ident % len(_UAS)],
-                "aff_code": None, "created": own_us + ident % 100_000, "server_node": "node-1"}
+                "wallet": wallet, "client_ip": ip, "client_ua": ua, "aff_code": aff,
+                "created": own_us + ident % 100_000, "server_node": "node-1"}
 
     for rec in stored:
         rows[rec[0]] = row(rec[0], tuple(rec[1:]), "BET", Decimal("1.00"))
@@ -311,7 +314,9 @@ def make_events(db: str, prefix: str, n: int, max_pos: int, seed: int, first_id:
         if r < 0.85:
             if rng.random() < 0.2:
                 active.append((str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                               str(100000 + rng.randrange(250000)), "netent-game-7", "Game Title 7", "netent", "EUR"))
+                               str(100000 + rng.randrange(250000)), "netent-game-7", "Game Title 7", "netent", "EUR",
+                               f"10.9.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.choice(_UAS),
+                               rng.choice(["real", "real", "bonus"]), rng.choice(["aff7", None])))
             session = active[rng.randrange(len(active))]
             kind = "ROLLBACK" if r >= 0.80 else rng.choice(["BET", "BET", "WIN"])
             rows[next_id] = row(next_id, session, kind, Decimal(rng.randrange(10, 50000)) / 100)
@@ -359,7 +364,7 @@ class _Quiet(WSGIRequestHandler):
 def measure_pull(db: str, mapping: str, start: datetime, end: datetime, reps: int) -> dict[str, Any]:
     """Child process: the window through the API's own functions, HTTP, and the baselines."""
     from api.app import create_app
-    from materializer.casino import ACTIONS, TOUCHES, _aggregate_sql
+    from materializer.casino import ACTIONS, TOUCHES, _aggregate_sql, _fetch
     from materializer.export import csv_chunks
     from materializer.mapping import load_mapping
     from materializer.store import Store
@@ -405,12 +410,17 @@ def measure_pull(db: str, mapping: str, start: datetime, end: datetime, reps: in
         out["plain_rows_best_s"], _, _ = _best(lambda: cur.execute(
             "CREATE OR REPLACE TEMP TABLE b_plain2 AS SELECT session_id, sum(bets), sum(wins), sum(bet_amount), "
             "sum(win_amount), min(acted_at), max(acted_at), max(stamp) FROM b_rows GROUP BY session_id"), reps)
-        cur.execute(f"CREATE OR REPLACE TEMP TABLE b_touched AS SELECT DISTINCT session_id, hash(session_id) AS sh "
-                    f"FROM ({step1})", window)
         target = Path(db).with_suffix(".perpull.csv")
-        per_pull = (f"COPY (SELECT * FROM ({_aggregate_sql(feed, 'b_touched')}) ORDER BY modified_at, session_id) "
-                    f"TO '{target}' (HEADER)")
-        out["per_pull_best_s"], out["per_pull_median_s"], _ = _best(lambda: cur.execute(per_pull), reps)
+
+        def per_pull() -> None:
+            """The design not taken: steps 2 and 3 at pull time, with the same fetch and aggregate."""
+            cur.execute("CREATE OR REPLACE TEMP TABLE b_touched AS SELECT DISTINCT session_id, hash(session_id) AS sh "
+                        f"FROM ({step1})", window)
+            _fetch(cur, "b_acts", "sh", "b_touched", "session_id")
+            cur.execute(f"COPY (SELECT * FROM ({_aggregate_sql(feed, 'b_acts')}) ORDER BY modified_at, session_id) "
+                        f"TO '{target}' (HEADER)")
+
+        out["per_pull_best_s"], out["per_pull_median_s"], _ = _best(per_pull, reps)
         target.unlink(missing_ok=True)
     store.close()
     return out

@@ -105,11 +105,11 @@ def _mapping(work: Path) -> Path:
     return path
 
 
-def _credentials(work: Path) -> Path:
+def credentials_file(work: Path) -> Path:
     from api.passwords import hash_password
 
     path = work / "export-credentials.yaml"
-    path.write_text(f"credentials:\n  {USER}:\n    password_hash: '{hash_password(PASSWORD)}'\n    feeds: '*'\n")
+    path.write_text(f"credentials:\n  {USER}:\n    password_hash: '{hash_password(PASSWORD)}'\n    feeds: '*'\n    metrics: true\n")
     return path
 
 
@@ -185,7 +185,7 @@ def measure(ctx: Context, rows: int, fetches: int) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="export-", dir=ctx.work))
     db, base_csv, http_csv = work / "export.duckdb", work / "copy.csv", work / "http.csv"
-    mapping, creds = _mapping(work), _credentials(work)
+    mapping, creds = _mapping(work), credentials_file(work)
     say(f"export: generating {rows:,} players rows in DuckDB ...")
     built, _ = in_child(build_store, str(db), str(mapping), rows)
     say(f"export: built in {built['secs']:.1f}s ({built['bytes'] / 2**20:.0f} MB file)")

@@ -182,22 +182,34 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
     del table
     mapping = str(mapping_for(prefix, ctx.work))
     points: dict[int, dict[str, Any]] = {}
-    budget_s = 150 if quick else 900
+    budget_s = 90 if quick else 420
     started = time.monotonic()
+    fill_rate = 0.0  # rows/s of the last pre-fill, to project the next one
     for n in p["sizes"]:
-        if n and points and time.monotonic() - started > budget_s * 0.5 and n >= 10 * max(points):
-            rep.note(f"{n:,} rows skipped: the smaller sizes already used half of the {budget_s} s budget.")
-            continue
+        last = points[max(points)] if points else None
+        if n and last is not None and fill_rate:
+            projected = n / fill_rate + 2 * (last["measure_secs"] + 10)
+            left = budget_s - (time.monotonic() - started)
+            if projected > left:
+                rep.note(f"{n:,} rows skipped: pre-filling and measuring would take about {projected:.0f} s "
+                         f"(from the {max(points):,}-row point), more than the {left:.0f} s left of this "
+                         f"benchmark's {budget_s} s budget on this machine.")
+                say(f"scale: skipping {n:,} rows (projected {projected:.0f}s, {left:.0f}s left)")
+                continue
         db = ctx.work / f"scale-{n}.duckdb"
         filled: dict[str, Any] = {"secs": 0.0, "bytes": 0}
         if n:
             say(f"scale: pre-filling {n:,} rows")
             filled, fill_rss = in_child(fill, str(db), mapping, n, timeout=1800)
+            fill_rate = n / max(filled["secs"], 1e-9)
+            filled["rss_mb"] = fill_rss
             say(f"scale: filled {n:,} rows in {filled['secs']:.0f}s ({filled['bytes'] / 2**20:,.0f} MB file, "
                 f"peak RSS {fill_rss:,.0f} MB)")
         say(f"scale: measuring at {n:,} rows")
+        t0 = time.monotonic()
         m, rss = in_child(measure, str(db), mapping, s.bootstrap, events, n, p["window"], timeout=1800)
-        m |= {"fill_secs": filled["secs"], "db_mb": filled["bytes"] / 2**20, "rss_mb": rss}
+        m |= {"fill_secs": filled["secs"], "db_mb": filled["bytes"] / 2**20, "rss_mb": rss,
+              "measure_secs": time.monotonic() - t0, "fill_rss_mb": filled.get("rss_mb", 0.0)}
         points[n] = m
         db.unlink(missing_ok=True)
         db.with_suffix(".duckdb.wal").unlink(missing_ok=True)
@@ -205,6 +217,7 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
             + (f", export {m['export_rows'] / m['export_secs']:,.0f} rows/s (COPY "
                f"{m['export_rows'] / m['copy_secs']:,.0f})" if n else "") + f", peak RSS {rss:,.0f} MB")
     empty = points.get(0)
+    smallest = min((n for n in points if n), default=0)
     for n, m in points.items():
         rate = events / m["ingest_secs"]
         label = f"{n:,} rows"
@@ -215,6 +228,10 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
             exp = m["export_rows"] / m["export_secs"]
             cp = m["export_rows"] / m["copy_secs"]
             rep.ratio(f"export at {label}: csv_chunks / DuckDB COPY", ratio(exp, cp), "rows/s over rows/s")
+            if n != smallest:
+                base = points[smallest]
+                rep.ratio(f"export at {label} / at {smallest:,} rows",
+                          ratio(exp, base["export_rows"] / base["export_secs"]), "rows/s over rows/s, same window size")
             rep.figure(f"export at {label}", exp, "rows/s")
             rep.figure(f"DuckDB COPY at {label}", cp, "rows/s")
             if m["export_rows"] != m["window_rows_expected"]:
@@ -225,6 +242,7 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
         if n:
             rep.figure(f"store file at {label}", m["db_mb"], "MB")
             rep.figure(f"pre-fill of {label} (setup, not a result)", m["fill_secs"], "s")
+            rep.figure(f"peak RSS pre-filling {label} (setup)", m["fill_rss_mb"], "MB")
         if m.get("quarantined"):
             rep.note(f"{label}: {m['quarantined']} events quarantined (expected 0).")
     return rep.as_dict()

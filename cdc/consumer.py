@@ -180,8 +180,10 @@ class Consumer:
         self.failures += 1
         if self.failing_since is None:
             self.failing_since = time.time()
+        # The traceback once per streak: enough to diagnose, without one per retry.
         log.error(what, extra={"error": str(ex), "error_type": type(ex).__name__, "events": events,
-                               "retry_in_s": pause, "failures": self.failures})
+                               "retry_in_s": pause, "failures": self.failures},
+                  exc_info=ex if self.failures == 1 else None)
 
     def _commit_to_group(self, offsets: Offsets) -> None:
         try:

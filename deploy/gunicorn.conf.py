@@ -1,3 +1,4 @@
+# ruff: noqa: N999 - gunicorn looks for this file name
 """Gunicorn settings for running Feedstore with gunicorn directly.
 
     gunicorn -c deploy/gunicorn.conf.py

@@ -40,6 +40,8 @@ class Settings:
     tls_key: str = ""
     ready_max_lag: int = 10_000  # /ready is 503 while more events than this wait in Kafka
     access_log: str = "-"  # gunicorn's JSON access log: "-" stderr, a path, or "" for none
+    pull_concurrency: int = 1  # pulls running DuckDB work at once (others take turns); 0: unbounded
+    pull_share: float = 0.5  # while ingest has a backlog, pulls get at most this share of the time
 
     _ENV = {
         "db_path": "FEEDSTORE_DB",
@@ -61,6 +63,8 @@ class Settings:
         "tls_key": "FEEDSTORE_TLS_KEY",
         "ready_max_lag": "FEEDSTORE_READY_MAX_LAG",
         "access_log": "FEEDSTORE_ACCESS_LOG",
+        "pull_concurrency": "FEEDSTORE_PULL_CONCURRENCY",
+        "pull_share": "FEEDSTORE_PULL_SHARE",
     }
 
     @classmethod

@@ -22,7 +22,7 @@ from cdc.records import Record
 from feedstore import logs
 from feedstore.config import Settings
 from feedstore.metrics import Metrics
-from materializer import StoreError
+from materializer import StoreError, quarantine
 from materializer.apply import Materializer
 from materializer.mapping import load_mapping
 from materializer.stamp import Clock, utc_now
@@ -112,7 +112,16 @@ class Service:
             "consumer": consumer,
             "store": {"ok": store_error is None, "error": store_error, "reopened": self.store.reopened,
                       "path": str(self.settings.db_path)},
+            # Set aside, never dropped: not a readiness failure, but what an operator looks at next.
+            "quarantine": {"pending": self._pending()},
         }
+
+    def _pending(self) -> dict[str, int] | None:
+        try:
+            with self.store.cursor() as cur:
+                return quarantine.counts(cur)
+        except (StoreError, duckdb.Error):
+            return None
 
     def stop(self) -> None:
         if self.consumer is not None:

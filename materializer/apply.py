@@ -93,6 +93,7 @@ class Materializer:
         # megabytes is a runaway column, not a CRM field, and must not stall the line.
         self.max_event_bytes = max_event_bytes
         ensure_schema(store)  # the casino actions table, when the mapping has one
+        self._raw_types: dict[tuple[str, str], list[str]] = {}  # see _map_feed
 
     def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int], *,
               also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> BatchResult:
@@ -126,6 +127,9 @@ class Materializer:
         for i, rec in enumerate(records):
             table = tables.get(rec.topic)
             if table is None:
+                if _is_meta(rec):  # a heartbeat or transaction marker routed here: nothing to map
+                    result.skipped += 1
+                    continue
                 rejects.append(_Reject(i, f"topic {rec.topic!r} is not mapped to any feed"))
                 continue
             if self.max_event_bytes is not None and rec.value is not None and len(rec.value) > self.max_event_bytes:
@@ -191,7 +195,8 @@ class Materializer:
                     rejects += [_Reject(i, why, fm.feed.name)
                                 for i, why in apply_actions(cur, fm, stamp, result.changed, result.invalid)]
                     continue
-                rejects += _map_feed(cur, fm, stamp, result, absent)
+                rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.schema.to_string(), absent, any(
+                    d.change.op == "d" for d in group)), self._raw_types)
         return rejects
 
     def _bisect(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
@@ -216,6 +221,14 @@ class Materializer:
 
         trial(changes)
         return bad
+
+
+def _is_meta(rec: Record) -> bool:
+    """Debezium's heartbeats, transaction markers and tombstones: safe to skip anywhere."""
+    try:
+        return decode(rec.topic, rec.key, rec.value) is None
+    except DecodeError:
+        return False
 
 
 # --------------------------------------------------------------------------- staging
@@ -272,13 +285,32 @@ def _fit_decimals(table: pa.Table) -> pa.Table:
 
 # --------------------------------------------------------------------------- mapping one feed
 
-def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime,
-              result: BatchResult, absent: frozenset[str]) -> list[_Reject]:
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What _map_feed needs to know about a topic's staged batch."""
+
+    schema: str  # the Arrow schema's text: the key of the raw-type cache
+    absent: frozenset[str]  # referenced columns no row event carried
+    deletes: bool  # any delete events
+
+
+def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, result: BatchResult,
+              shape: _Shape, raw_types: dict[tuple[str, str], list[str]]) -> list[_Reject]:
     feed, t = fm.feed, table_name(fm.feed)
     cols = [f for f in feed.fields if f.name != feed.stamp]
     zone = fm.source.zone.key
     raws = [f"__fs_r{n}" for n in range(len(cols))]
-    checks = [check(f, r, zone) for f, r in zip(cols, raws, strict=True)]
+    raw_select = ", ".join(f"({fm.exprs[f.name]}) AS {raw}" for f, raw in zip(cols, raws, strict=True))
+    # The checks are specialized to the expressions' types (DuckDB plans each batch's
+    # statement anew, and generic checks cost ~3x the planning). The types depend only
+    # on the staged columns' types, so they are asked once per batch shape.
+    types = raw_types.get((feed.name, shape.schema))
+    if types is None:
+        if len(raw_types) > 1000:
+            raw_types.clear()
+        types = [row[1] for row in cur.execute(f"DESCRIBE SELECT {raw_select} FROM fs_stage").fetchall()]
+        raw_types[(feed.name, shape.schema)] = types
+    checks = [check(f, r, zone, ty) for f, r, ty in zip(cols, raws, types, strict=True)]
     key = ", ".join(q(k) for k in feed.key)
     meta = f"{_OP}, {_POS}, {_I}"
 
@@ -299,8 +331,7 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime,
         for n, f in enumerate(cols) if not f.required and checks[n].reason]
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_mapped AS "
-        f"WITH r AS (SELECT {', '.join(f'({fm.exprs[f.name]}) AS {raw}' for f, raw in zip(cols, raws, strict=True))}, "
-        f"{meta} FROM fs_stage), "
+        f"WITH r AS (SELECT {raw_select}, {meta} FROM fs_stage), "
         f"n AS (SELECT {', '.join(f'{c.value} AS {q(f.name)}' for f, c in zip(cols, checks, strict=True))}, "
         f"{', '.join(raws)}, {meta} FROM r) "
         f"SELECT {', '.join(q(f.name) for f in cols)}, {meta}, "
@@ -311,14 +342,14 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime,
         _Reject(i, f"feed {feed.name}: required field(s) empty or invalid: {reason}", feed.name)
         for i, reason in cur.execute(
             f"SELECT {_I}, {_MISSING} FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NOT NULL").fetchall()]
-    if fm.delete_set:
+    if fm.delete_set and shape.deletes:
         no_key = " OR ".join(f"{q(k)} IS NULL" for k in feed.key)
         rejects += [
             _Reject(i, f"feed {feed.name}: delete event without its key ({', '.join(feed.key)}): the on_delete "
                        "policy cannot find the row; map the key from the table's primary key columns, or set "
                        "REPLICA IDENTITY FULL on the source table", feed.name)
             for (i,) in cur.execute(f"SELECT {_I} FROM fs_mapped WHERE {_OP} = 'd' AND ({no_key})").fetchall()]
-    _count_invalid(cur, fm, stamp, result, bool(invalid), absent)
+    _count_invalid(cur, fm, stamp, result, bool(invalid), shape.absent)
 
     on = " AND ".join(f"m.{q(k)} = f.{q(k)}" for k in feed.key)
     names = ", ".join(q(f.name) for f in feed.fields)
@@ -344,7 +375,7 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime,
         f"LEFT JOIN {t} f ON {on} "
         f"WHERE f.{first_key} IS NULL OR (m.{_POS} >= f.{POS} AND ({differs})) {upsert}",
         {"stamp": stamp})
-    if fm.delete_set:
+    if fm.delete_set and shape.deletes:
         dvalues = {f.name: f"f.{q(f.name)}" for f in cols} | {
             name: check(feed.field(name), f"({expr})", zone).value for name, expr in fm.delete_set.items()}
         dvals, ddiff = row(dvalues)

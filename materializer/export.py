@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 
 import pyarrow as pa
@@ -48,6 +49,8 @@ CHUNK_ROWS = 32 * 1024
 #: zlib level for ``Content-Encoding: gzip``: level 1 compresses CSV ~5x at ~3x the
 #: speed of the default level 6; the network, not the ratio, is what a pull waits on.
 GZIP_LEVEL = 1
+
+Gate = AbstractContextManager[object]  # e.g. a threading.BoundedSemaphore shared by the pulls
 
 _T = "t"  # the feed table's alias, so ORDER BY/WHERE bind to stored columns, not rendered ones
 _TEXT = frozenset({"string", "array"})
@@ -123,17 +126,17 @@ def csv_header(feed: Feed) -> bytes:
 
 
 def csv_chunks(store: Store, feed: Feed, start: datetime, end: datetime, *, run_rows: int = CHUNK_ROWS,
-               batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
+               batch_rows: int = BATCH_ROWS, gate: Gate | None = None) -> Iterator[bytes]:
     """The header, then one chunk per Arrow batch; the header alone for an empty window."""
     yield csv_header(feed)
-    yield from _lines(store, feed, csv_sql(feed), start, end, run_rows, batch_rows)
+    yield from _lines(store, feed, csv_sql(feed), start, end, run_rows, batch_rows, gate or nullcontext())
 
 
 def json_chunks(store: Store, feed: Feed, start: datetime, end: datetime, *, run_rows: int = CHUNK_ROWS,
-                batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
+                batch_rows: int = BATCH_ROWS, gate: Gate | None = None) -> Iterator[bytes]:
     """A JSON array, one object per line; ``[]`` for an empty window."""
     first = True
-    for chunk in _lines(store, feed, json_sql(feed), start, end, run_rows, batch_rows):
+    for chunk in _lines(store, feed, json_sql(feed), start, end, run_rows, batch_rows, gate or nullcontext()):
         if first:  # the first object's leading comma becomes the array's bracket
             yield b"[" + chunk[1:]
             first = False
@@ -159,15 +162,25 @@ def gzipped(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]
 
 
 def _lines(store: Store, feed: Feed, sql: str, start: datetime, end: datetime, run_rows: int,
-           batch_rows: int) -> Iterator[bytes]:
+           batch_rows: int, gate: Gate) -> Iterator[bytes]:
+    """The window's lines, batch by batch. DuckDB works only inside ``gate`` (the plan,
+    each batch), so concurrent pulls take turns on the CPU while their clients read."""
     with store.cursor() as cur:
         cur.begin()  # one snapshot for the plan and every run: no row seen twice or missed
         try:
-            runs = cur.execute(runs_sql(feed), {"start": start, "end": end, "rows": run_rows}).fetchall()
+            with gate:
+                runs = cur.execute(runs_sql(feed), {"start": start, "end": end, "rows": run_rows}).fetchall()
             for first, last in runs:
-                for batch in arrow_reader(cur, sql, {"start": first, "end": last}, batch_rows):
-                    if batch.num_rows:
-                        yield text_buffer(batch.column(0))
+                with gate:
+                    batches = iter(arrow_reader(cur, sql, {"start": first, "end": last}, batch_rows))
+                while True:
+                    with gate:
+                        batch = next(batches, None)
+                        chunk = text_buffer(batch.column(0)) if batch is not None and batch.num_rows else b""
+                    if batch is None:
+                        break
+                    if chunk:
+                        yield chunk
         finally:
             cur.rollback()  # read only; also ends the transaction when the client left early
 

@@ -171,17 +171,17 @@ class _Marks:
         cur.executemany("INSERT INTO fs_retry VALUES (?, ?, ?)", self.coords)
         join = ("q.topic = r.topic AND q.kafka_partition = r.p AND q.kafka_offset = r.o")
         again = cur.execute(f"SELECT count(DISTINCT (q.topic, q.kafka_partition, q.kafka_offset)) "
-                            f"FROM fs_quarantine q JOIN fs_retry r ON {join} WHERE q.id > ?", [self.since]).fetchone()
+                            f"FROM fs_quarantine q JOIN fs_retry r ON {join} WHERE q.id > ?", [self.since]).fetchall()
         marked = cur.execute(f"UPDATE fs_quarantine q SET retried_at = ? FROM fs_retry r WHERE {join} "
-                             "AND q.retried_at IS NULL AND q.id <= ?", [utc_now(), self.since]).fetchone()
-        self.again = int(again[0]) if again else 0
-        self.marked = int(marked[0]) if marked else 0
+                             "AND q.retried_at IS NULL AND q.id <= ?", [utc_now(), self.since]).fetchall()
+        self.again = int(again[0][0]) if again else 0
+        self.marked = int(marked[0][0]) if marked else 0
 
 
 def _max_id(store: Any) -> int:
     with store.cursor() as cur:
-        row = cur.execute("SELECT coalesce(max(id), 0) FROM fs_quarantine").fetchone()
-    return int(row[0]) if row else 0
+        rows = cur.execute("SELECT coalesce(max(id), 0) FROM fs_quarantine").fetchall()
+    return int(rows[0][0])
 
 
 def _chunks(items: list[Entry], size: int) -> Iterator[list[Entry]]:

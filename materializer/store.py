@@ -250,10 +250,15 @@ def arrow_reader(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any
 
 
 def scalar(cur: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> Any:
-    """The single value a query returns (counts, stamps); a missing row is a bug, not data."""
-    row = cur.execute(sql, params).fetchone()
-    assert row is not None, sql
-    return row[0]
+    """The single value a query returns (counts, stamps); a missing row is a bug, not data.
+
+    Fetched to the end, not with ``fetchone``: DuckDB keeps a SELECT's result open until a
+    fetch finds no more rows, and an open result makes the cursor's next ``register``
+    fail ("connection has an unfinished result"), the same way on every retry of a batch.
+    """
+    rows = cur.execute(sql, params).fetchall()
+    assert len(rows) == 1, sql
+    return rows[0][0]
 
 
 def _feed_ddl(feed: Feed) -> str:

@@ -52,13 +52,10 @@ _LOCALE_RE = (r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}))?"
               r"(?:\.[A-Za-z0-9-]+)?(?:@[A-Za-z0-9]+)?$")
 _OFFSET_RE = r"(?i)(z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 
-# Feedstore's column types, as the store declares them (decimals are widened to the
-# store's scale after rounding to the field's own).
-STORE_TYPES = {
-    "string": "VARCHAR", "integer": "BIGINT", "decimal": "DECIMAL(38,8)", "float": "DOUBLE",
-    "boolean": "BOOLEAN", "flag": "SMALLINT", "timestamp": "TIMESTAMP", "date": "DATE",
-    "array": "VARCHAR[]",
-}
+#: The store's decimal column type (materializer/store.py SQL_TYPES, not imported: the
+#: store imports the mapping, which imports this). Values are rounded to the field's
+#: own scale first, then widened to this, so comparisons with stored rows stay exact.
+STORE_DECIMAL = "DECIMAL(38,8)"
 
 
 @dataclass(frozen=True)
@@ -78,22 +75,21 @@ def lit(text: str) -> str:
 def _ipv6_regex() -> str:
     """An exact IPv6 text pattern (RFC 4291 section 2.2), with or without a trailing IPv4.
 
-    Generated rather than hand-written: every way of placing ``::`` is one alternative,
-    so the group-count rules hold exactly (the tests compare it with ``ipaddress``).
+    One alternative per number of groups before ``::`` (the groups after it are then
+    bounded), so the group-count rules hold exactly; the tests compare it with
+    ``ipaddress``. Kept compact: DuckDB compiles it again for every batch's statement.
     """
     h = "[0-9A-Fa-f]{1,4}"
-    v4 = _IPV4
-    alts = []
-    for tail, room in (("", 8), (v4, 6)):
-        sep = ":" if tail else ""
-        full = ":".join([h] * room) + sep + tail if room else tail
-        alts.append(full)
-        for left in range(room):
-            for right in range(room - left):  # '::' stands for at least one group
-                lhs = ":".join([h] * left)
-                rhs = ":".join([h] * right)
-                end = (rhs + sep + tail) if rhs else tail
-                alts.append(f"{lhs}::{end}")
+
+    def groups(n: int) -> str:  # exactly n groups joined by ':'
+        return "" if n == 0 else h + (f"(?::{h}){{{n - 1}}}" if n > 1 else "")
+
+    alts = [f"(?:{h}:){{7}}{h}", f"(?:{h}:){{6}}{_IPV4}"]
+    for left in range(8):  # '::' stands for at least one group: at most 7 written
+        right = f"(?:{h}(?::{h}){{0,{6 - left}}})?" if left < 7 else ""
+        alts.append(f"{groups(left)}::{right}")
+    for left in range(6):  # the IPv4 tail counts as two groups
+        alts.append(f"{groups(left)}::(?:{h}:){{0,{5 - left}}}{_IPV4}")
     return "|".join(f"(?:{a})" for a in alts)
 
 
@@ -102,59 +98,64 @@ _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 IP_RE = rf"^(?:{_IPV4}|{_ipv6_regex()})$"
 
 
-def _text(raw: str) -> str:
-    return f"CAST({raw} AS VARCHAR)"
+_TEXT = "VARCHAR"
+_INSTANTS = frozenset({"TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"})
 
 
-def _trimmed(raw: str) -> str:
-    return f"trim({_text(raw)}, {lit(WS)})"
-
-
-def _present(raw: str) -> str:
-    return f"({raw} IS NOT NULL AND {_trimmed(raw)} <> '')"
-
-
-def check(field: Field, raw: str, zone: str = "UTC") -> Check:
+def check(field: Field, raw: str, zone: str = "UTC", raw_type: str | None = None) -> Check:
     """The SQL that normalizes ``raw`` (an SQL expression) for ``field``.
 
     ``zone`` is the IANA zone of the source table, for timestamps given as text
-    without an offset.
+    without an offset. ``raw_type`` is the DuckDB type of ``raw`` when the caller
+    knows it (the materializer asks DuckDB once per batch shape): the SQL is then
+    specialized to it, which matters because DuckDB plans every batch's statement
+    anew. Without it the SQL works for any type.
     """
     kind = field.type
-    present = _present(raw)
+    text = raw if raw_type == _TEXT else f"CAST({raw} AS VARCHAR)"
+    trimmed = f"trim({text}, {lit(WS)})"
+    present = (f"({raw} IS NOT NULL AND {trimmed} <> '')" if raw_type in (None, _TEXT)
+               else f"({raw} IS NOT NULL)")
     if kind == "string":
-        return _string(field, raw, present)
+        return _string(field, text, trimmed, present)
     if kind == "timestamp":
-        text = _trimmed(raw)
-        from_text = (f"CASE WHEN regexp_matches({text}, {lit(_OFFSET_RE)}) "
-                     f"THEN CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP) "
-                     f"ELSE CAST(timezone({lit(zone)}, TRY_CAST({text} AS TIMESTAMP)) AS TIMESTAMP) END")
-        value = (f"CASE WHEN typeof({raw}) = 'VARCHAR' THEN {from_text} "
-                 f"ELSE TRY_CAST({raw} AS TIMESTAMP) END")
+        from_text = (f"CASE WHEN regexp_matches({trimmed}, {lit(_OFFSET_RE)}) "
+                     f"THEN CAST(TRY_CAST({trimmed} AS TIMESTAMPTZ) AS TIMESTAMP) "
+                     f"ELSE CAST(timezone({lit(zone)}, TRY_CAST({trimmed} AS TIMESTAMP)) AS TIMESTAMP) END")
+        if raw_type == "TIMESTAMP":
+            value = raw
+        elif raw_type in _INSTANTS:
+            value = f"CAST({raw} AS TIMESTAMP)"  # TIMESTAMPTZ: in the session zone, pinned to UTC
+        elif raw_type == _TEXT:
+            value = from_text
+        elif raw_type is None:
+            value = f"CASE WHEN typeof({raw}) = 'VARCHAR' THEN {from_text} ELSE TRY_CAST({raw} AS TIMESTAMP) END"
+        else:
+            value = f"TRY_CAST({raw} AS TIMESTAMP)"
         return Check(value, present, "not a timestamp")
     if kind == "date":
-        return Check(f"TRY_CAST({raw} AS DATE)", present, "not a date")
+        return Check(raw if raw_type == "DATE" else f"TRY_CAST({raw} AS DATE)", present, "not a date")
     if kind == "integer":
         return Check(f"TRY_CAST({raw} AS BIGINT)", present, "not an integer in the 64-bit range")
     if kind == "decimal":
         scale = field.scale if field.scale is not None else 2
-        value = f"TRY_CAST(TRY_CAST({raw} AS DECIMAL(38,{scale})) AS {STORE_TYPES['decimal']})"
+        value = f"TRY_CAST(TRY_CAST({raw} AS DECIMAL(38,{scale})) AS {STORE_DECIMAL})"
         return Check(value, present, f"not a number that fits 30 digits before and {scale} after the point")
     if kind == "float":
         value = f"CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END"
         return Check(value, present, "not a finite number")
     if kind == "boolean":
-        return Check(f"TRY_CAST({raw} AS BOOLEAN)", present, "not a boolean")
+        return Check(raw if raw_type == "BOOLEAN" else f"TRY_CAST({raw} AS BOOLEAN)", present, "not a boolean")
     if kind == "flag":
         n = f"coalesce(TRY_CAST({raw} AS SMALLINT), TRY_CAST(TRY_CAST({raw} AS BOOLEAN) AS SMALLINT))"
         return Check(f"CASE WHEN {n} IN (0, 1) THEN {n} END", present, "not 0 or 1")
     if kind == "array":
-        return Check(f"TRY_CAST({raw} AS VARCHAR[])", f"({raw} IS NOT NULL)", "not a list")
+        value = raw if raw_type == "VARCHAR[]" else f"TRY_CAST({raw} AS VARCHAR[])"
+        return Check(value, f"({raw} IS NOT NULL)", "not a list")
     raise ValueError(f"no check for field type {kind!r}")
 
 
-def _string(field: Field, raw: str, present: str) -> Check:
-    text, trimmed = _text(raw), _trimmed(raw)
+def _string(field: Field, text: str, trimmed: str, present: str) -> Check:
     if field.allowed is not None:
         pairs = [(v.casefold(), v) for v in field.allowed] + sorted(field.aliases.items())
         whens = " ".join(f"WHEN {lit(k)} THEN {lit(v)}" for k, v in pairs)
@@ -238,4 +239,4 @@ def evaluate(field: Field, sql: str, zone: str = "UTC") -> tuple[bool, Any]:
     return bool(row[0]), row[1]
 
 
-__all__ = ["IP_RE", "STORE_TYPES", "WS", "Check", "check", "evaluate", "register_vocab", "vocab_tables"]
+__all__ = ["IP_RE", "STORE_DECIMAL", "WS", "Check", "check", "evaluate", "register_vocab", "vocab_tables"]

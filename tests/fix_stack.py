@@ -29,7 +29,10 @@ from deploy.localstack.stack import LocalStack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    if request.config.getoption("--stack") == "containers":  # tests/fix_containers.py; skips without Docker
+        yield request.getfixturevalue("containers_stack")
+        return
     s = LocalStack(workdir=tmp_path_factory.mktemp("stack"))
     s.start()
     yield s

@@ -45,6 +45,7 @@ from typing import Any
 import psycopg
 
 from cdc.records import Record
+from feedstore.config import Settings
 from materializer.apply import Materializer
 from materializer.casino_mapping import ActionsMapping
 from materializer.export import json_chunks
@@ -75,7 +76,7 @@ def reference(mapping_path: Path, events: Sequence[Event], workdir: Path) -> Ref
     mapping = load_mapping(mapping_path)
     store = Store(workdir / "reference.duckdb", mapping)
     try:
-        materializer = Materializer(store)
+        materializer = Materializer(store, max_event_bytes=Settings().max_event_bytes)  # as the service
         versions: dict[str, dict[Key, list[Version]]] = {name: defaultdict(list) for name in mapping.feeds}
         aggregated = {name for name, fm in mapping.feeds.items() if isinstance(fm, ActionsMapping)}
         # Per batch at most one event per feed row: rows are keyed by the source columns the
@@ -354,7 +355,7 @@ class Run:
 
 
 def run_and_check(line: Line, sims: Sequence[PullSimulator], workdir: Path, fault: Callable[[Line], None], *,
-                  prewarm: float = 3.0, warmup: float = 2.0, cooldown: float = 2.0) -> Run:
+                  prewarm: float = 2.0, warmup: float = 2.0, cooldown: float = 1.5) -> Run:
     """Pull while the workload runs, inject ``fault``, let the line settle, judge everything.
 
     The workload starts first, so the topics exist and the tables have rows to change

@@ -130,7 +130,8 @@ def test_bad_events_are_quarantined_and_the_rest_applied(store, materializer, ev
     result = materializer.apply([good, no_json, no_reg, bad_dob], {("spacevegas.public.users", 0): 4})
     assert result.changed["players"] == 1
     with store.cursor() as cur:
-        rows = cur.execute("SELECT kafka_offset, feed, reason FROM fs_quarantine ORDER BY kafka_offset, feed").fetchall()
+        rows = cur.execute("SELECT kafka_offset, feed, reason FROM fs_quarantine "
+                           "ORDER BY kafka_offset, feed").fetchall()
     # One entry per event that failed, and per feed when it failed a feed's own rules
     # (users feeds players and contacts, and user 3 lacks what both require).
     assert result.quarantined == len(rows)

@@ -45,7 +45,7 @@ def test_kill_9_at_random_moments(line: Line, tmp_path: Path) -> None:
 
     def kill_repeatedly(line: Line) -> None:
         for i in range(6):
-            pause = rng.uniform(0.3, 2.5)
+            pause = rng.uniform(0.3, 1.5)
             moments.append(round(pause, 2))
             time.sleep(pause)
             if i % 2 == 0:

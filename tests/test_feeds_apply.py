@@ -17,6 +17,7 @@ import orjson
 import pytest
 import yaml
 
+from cdc.records import Record
 from materializer.apply import Materializer
 from materializer.export import json_chunks
 from materializer.mapping import load_mapping
@@ -269,3 +270,28 @@ def test_players_and_contacts_from_one_event(store: Store, materializer: Materia
     assert result.changed["players"] == result.changed["contacts"] == 1
     assert rows(store, "contacts")[0]["email_subscribe"] is False
     assert rows(store, "players")[0]["self_excluded"] is True
+
+
+def test_every_debezium_shape_and_marker_in_one_batch(store: Store, materializer: Materializer,
+                                                      events: Events) -> None:
+    """Snapshot reads, unwrapped rows (with __deleted), tombstones, truncates, heartbeats and
+    transaction markers: rows are applied, markers skipped, nothing quarantined."""
+    users = "spacevegas.public.users"
+    flat = events.user(2, city="Rabat") | {"__op": "c", "__lsn": 5000, "__source_ts_ms": 1, "__deleted": "false"}
+    flat_gone = {"user_id": 3, "__op": "d", "__lsn": 5100, "__deleted": "true"}
+    truncate = {"op": "t", "before": None, "after": None, "source": {"schema": "public", "table": "users", "lsn": 5200}}
+    batch = [
+        events.record("r", None, events.user(1)),
+        events.record("c", None, events.user(3)),
+        Record(users, 0, 90, b'{"user_id": 2}', orjson.dumps(flat)),
+        Record(users, 0, 91, b'{"user_id": 3}', orjson.dumps(flat_gone)),
+        Record(users, 0, 92, b'{"user_id": 3}', None),  # the delete's tombstone
+        Record(users, 0, 93, None, orjson.dumps(truncate)),
+        Record("__debezium-heartbeat.spacevegas", 0, 0, b'{"serverName": "spacevegas"}', b'{"ts_ms": 1}'),
+        Record("spacevegas.transaction", 0, 0, b'{"id": "571:53195832"}',
+               b'{"status": "BEGIN", "id": "571:53195832", "event_count": null, "data_collections": null}'),
+    ]
+    result = materializer.apply(batch, {})
+    assert result.quarantined == 0 and result.skipped == 4
+    assert [(r["id"], r["city"], r["status"]) for r in rows(store, "players")] == [
+        ("1", "Valletta", "Normal"), ("2", "Rabat", "Normal"), ("3", "Valletta", "Deleted")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,34 @@ def test_enum_map_without_default_passes_unmapped_values_on() -> None:
     assert dir_sql.endswith("ELSE CAST((kind) AS VARCHAR) END")
     status_sql = load_mapping(MAPPING).feeds["sport_events"].exprs["status"]
     assert status_sql.endswith("ELSE 'unknown' END")
+
+
+DOCS = MAPPING.parents[2] / "docs" / "mapping.md"
+
+
+def yaml_blocks(after: str) -> list[str]:
+    """The ```yaml blocks of docs/mapping.md after the heading ``after``, without the
+    indentation of their fence (list items indent theirs)."""
+    text = DOCS.read_text().split(after, 1)[1]
+    return ["".join(line[len(indent):] + "\n" for line in body.splitlines())
+            for indent, body in re.findall(r"^( *)```yaml\n(.*?)^ *```", text, re.MULTILINE | re.DOTALL)]
+
+
+def test_docs_complete_example_is_the_reference_mapping(tmp_path: Path) -> None:
+    """docs/mapping.md shows the SpaceVegas mapping in full (bar casino): keep them in step."""
+    example = yaml.safe_load(yaml_blocks("## A complete example")[0])
+    reference = base()
+    reference["feeds"].pop("casino_activity", None)
+    reference["tables"] = {t: v for t, v in reference["tables"].items()
+                           if any(f.get("source") == t for f in reference["feeds"].values())}
+    assert example == reference
+    assert set(load_mapping(write(tmp_path, example)).feeds) == set(reference["feeds"])
+
+
+def test_docs_worked_example_loads(tmp_path: Path) -> None:
+    """The new-operator walk-through, its steps put together, is a working mapping."""
+    steps = yaml_blocks("## Worked example: a new operator")
+    m = load_mapping(write(tmp_path, yaml.safe_load("".join(steps))))
+    assert set(m.feeds) == {"players", "contacts", "transactions"}
+    assert m.feeds["players"].feed.field_names[-2:] == ("loyalty_points", "tags")
+    assert m.feeds["transactions"].source.zone.key == "Europe/Berlin"

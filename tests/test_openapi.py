@@ -16,8 +16,8 @@ import falcon
 import falcon.testing
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from api.app import create_app
 from api.auth import Authenticator

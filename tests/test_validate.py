@@ -182,8 +182,42 @@ def test_arrays_are_lists_of_text() -> None:
 IP_EDGES = ["1:2:3:4::5:6:7:8", "1:2:3:4:5:6:7::", "::1:2:3:4:5:6:7", "::", "1::", ":::", "1:2:3:4:5:6:7:8",
             "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5::1.2.3.4", "1:2:3:4:5:6::1.2.3.4",
             "::ffff:1.2.3.4", "::1.2.3.4", "1.2.3.4", "01.2.3.4", "256.1.1.1", " 10.0.0.1 ", "fe80::1%eth0",
-            "1:2:3:4:5:6:7:1.2.3.4", "12345::", "::1::", "1.2.3", "1.2.3.4.5", "::FFFF:C0A8:1"]
+            "1:2:3:4:5:6:7:1.2.3.4", "12345::", "::1::", "1.2.3", "1.2.3.4.5", "::FFFF:C0A8:1",
+            "1:2:3:4:5::6:1.2.3.4", "::1:2:3:4:5:6:1.2.3.4", "::1:2:3:4:5:1.2.3.4", "::1:2:3:4:5:6:7:8",
+            "1::2:3:4:5:6:7", "1:2::3:4:5:1.2.3.4"]
 
 
 def test_ip_edge_cases() -> None:
     assert normalize(IP, IP_EDGES) == [python_ip(v) for v in IP_EDGES]
+
+
+@pytest.mark.parametrize(("field", "values", "arrow_type"), [
+    (FEEDS["transactions"].field("created_at"), [datetime(2024, 7, 1, 10), None], pa.timestamp("us")),
+    (FEEDS["transactions"].field("created_at"), [datetime(2024, 7, 1, 10, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
+    (FEEDS["transactions"].field("created_at"), ["2024-07-01 10:00:00", "2024-07-01T10:00Z", "x", " "], pa.string()),
+    (FEEDS["transactions"].field("created_at"), [date(2024, 7, 1)], pa.date32()),
+    (FEEDS["transactions"].field("created_at"), [1, None], pa.int64()),
+    (FEEDS["transactions"].field("player_id"), [42, None], pa.int64()),
+    (FEEDS["transactions"].field("dir"), ["in", " Out ", "x", ""], pa.string()),
+    (FEEDS["players"].field("birthday"), [date(1, 1, 1), None], pa.date32()),
+    (FEEDS["players"].field("is_blocked"), [True, None], pa.bool_()),
+    (Field("tags", "array", False, "custom"), [["a"], [], None], pa.list_(pa.string())),
+])
+def test_checks_specialized_to_the_raw_type_agree_with_the_generic_ones(field: Field, values: list[Any],
+                                                                          arrow_type: pa.DataType) -> None:
+    conn = duckdb.connect()
+    register_vocab(conn)
+    conn.register("vals", pa.table({"i": list(range(len(values))), "raw": pa.array(values, arrow_type)}))
+    (raw_type,) = [r[1] for r in conn.execute("DESCRIBE SELECT raw FROM vals").fetchall()]
+    generic, special = check(field, "raw", "Europe/Malta"), check(field, "raw", "Europe/Malta", raw_type)
+    assert special != generic or raw_type not in ("TIMESTAMP", "VARCHAR", "DATE", "BOOLEAN", "VARCHAR[]")
+    got = conn.execute(f"SELECT {generic.value}, {special.value}, {generic.present}, {special.present} "
+                       "FROM vals ORDER BY i").fetchall()
+    assert [(g, gp) for g, _, gp, _ in got] == [(s, sp) for _, s, _, sp in got]
+
+
+def test_decimals_widen_to_the_store_column_type() -> None:
+    from materializer.store import SQL_TYPES
+    from materializer.validate import STORE_DECIMAL
+
+    assert STORE_DECIMAL == SQL_TYPES["decimal"]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -77,8 +78,16 @@ Every 5 s the demo pulls the previous minute like InTarget would. Ctrl-C stops e
             time.sleep(5)
             end = utc_now().replace(microsecond=0)
             url = f"{base}?from={_fmt(end - timedelta(minutes=1))}&to={_fmt(end)}"
-            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback URL we built
-                lines = resp.read().decode().splitlines()
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback URL we built
+                    lines = resp.read().decode().splitlines()
+            except urllib.error.HTTPError as err:
+                if err.code != 503:
+                    raise
+                # A batch stamped inside the window is still being written (a busy machine):
+                # what InTarget does too, retry after Retry-After.
+                print(f"{end:%H:%M:%S}  503: {err.read().decode(errors='replace')[:100]} (retrying)", flush=True)
+                continue
             print(f"{end:%H:%M:%S}  players changed in the last minute: {len(lines) - 1:4d}"
                   f"   e.g. {lines[-1][:100] if len(lines) > 1 else '-'}", flush=True)
     except KeyboardInterrupt:
@@ -93,7 +102,10 @@ Every 5 s the demo pulls the previous minute like InTarget would. Ctrl-C stops e
 def run_stack(debezium: bool = True) -> int:
     stack = LocalStack(keep_workdir=True).start(debezium=debezium)
     try:
+        from deploy.localstack.postgres import _binaries
+
         print(f"FEEDSTORE_KAFKA_BOOTSTRAP={stack.bootstrap}\nDSN={stack.dsn}\nworkdir={stack.workdir}\n"
+              f"PSQL={_binaries() / 'psql'}\n"
               + ("" if debezium else "Debezium is not running: set up the source, then run your connector config "
                  "(feedstore connector-config --run-local BOOTSTRAP).\n")
               + "Ctrl-C stops the stack.", flush=True)

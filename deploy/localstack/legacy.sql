@@ -2,7 +2,7 @@
 -- No table has a modified_at the application maintains; column names are the
 -- operator's own; naive timestamps are in the operator's local zone (Europe/Malta).
 -- Feedstore maps these onto the InTarget feeds (deploy/mappings/spacevegas.yaml).
--- Casino game activity comes from tables of its own (not here yet).
+-- Casino game activity is aggregated from game_actions, at the end (docs/casino.md).
 
 -- Players and Contacts (one table, two feeds), with five custom player fields.
 CREATE TABLE IF NOT EXISTS users (
