@@ -51,11 +51,15 @@ def create_app(store: Store, *, barrier_timeout: float = 2.0,
     return app
 
 
+#: Events waiting in Kafka above which ingest counts as saturated and pulls yield to it;
+#: below it (the trickle of a live source between two polls) pulls run at full speed.
+BACKLOG_EVENTS = 1_000
+
+
 def _backlog(lag: Callable[[], Lag] | None) -> Callable[[], bool]:
-    """True while the consumer has events waiting: then pulls yield to ingest."""
     if lag is None:
         return lambda: False
-    return lambda: any(n for n in lag().values())
+    return lambda: sum(n or 0 for n in lag().values()) > BACKLOG_EVENTS
 
 
 def _store_status(store: Store) -> Callable[[], dict[str, Any]]:

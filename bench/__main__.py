@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CACHE,
     PROJECT,
     SUMMARY_HEADER,
     Context,
@@ -75,6 +76,17 @@ def run_one(name: str, ctx: Context, *, load: Callable[[str], Any] = importlib.i
     return result
 
 
+def busy(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """A warning for the report when other work shared the machine with the suite."""
+    cores = before["cores"] or 1
+    loads = [float(before["load_avg"].split(" / ")[0]), float(after["load_avg"].split(" / ")[0])]
+    if max(loads) <= cores:
+        return []
+    return [f"The machine was busy during this run (1-minute load average up to {max(loads):.1f} on {cores} "
+            "cores, other work included): absolute figures are lower and noisier than on an idle machine; "
+            "the ratios, whose two sides ran minutes apart, are the figures to compare."]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the ~2-minute version (smaller sizes, one run each)")
@@ -106,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "quick": args.quick, "date": now_utc(), "elapsed_s": elapsed, "machine": before,
         "versions": versions({"postgres": pg}), "load_before": before["load_avg"], "load_after": after["load_avg"],
-        "notes": ([f"Only these benchmarks ran: {', '.join(names)}."] if names != SUITE else []),
+        "notes": ([f"Only these benchmarks ran: {', '.join(names)}."] if names != SUITE else []) + busy(before, after)
+        + ["Ingest, scale and freshness use real Debezium events: captured once through the embedded engine "
+           f"into {CACHE.relative_to(PROJECT)}/ (gitignored; delete it to capture again) and re-produced into "
+           "fresh topics for each measurement."],
     }
     print("\n" + text_table(SUMMARY_HEADER, summary_rows(results)), flush=True)
     print(f"\n{len(results)} benchmark(s) in {elapsed:.0f} s; load average {before['load_avg']} -> "

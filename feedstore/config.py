@@ -41,7 +41,7 @@ class Settings:
     ready_max_lag: int = 10_000  # /ready is 503 while more events than this wait in Kafka
     access_log: str = "-"  # gunicorn's JSON access log: "-" stderr, a path, or "" for none
     pull_concurrency: int = 1  # pulls running DuckDB work at once (others take turns); 0: unbounded
-    pull_share: float = 0.5  # while ingest has a backlog, pulls get at most this share of the time
+    pull_share: float = 0.25  # while ingest has a backlog, pulls get at most this share of the time
 
     _ENV = {
         "db_path": "FEEDSTORE_DB",

@@ -3,36 +3,26 @@
 Onboarding stalls on the same handful of database settings every time: logical
 decoding is off, the connector's role cannot replicate or read a table, the
 publication misses a table, a table has no primary key, deletes carry too little of
-the old row. ``feedstore source check`` reads all of them in one pass (``gather``),
-judges them against the mapping (``plan``, pure, so every verdict is unit-tested
-without a server) and prints each fix as SQL; ``--apply`` runs the fixes it can run
-safely. Settings that need a server restart and decisions only the operator can make
-(which columns form a primary key) are printed, never applied.
-
-psycopg errors are translated once, here, into :class:`SourceError` with what to do.
+the old row. ``feedstore source check`` reads all of them in one pass
+(``feedstore.sourcedb.gather``), judges them here against the mapping (``plan``: pure,
+so every verdict is unit-tested without a server) and prints each fix as SQL;
+``--apply`` runs the fixes it can run safely. Settings that need a server restart and
+decisions only the operator can make (which columns form a primary key) are printed,
+never applied.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
-from feedstore.config import ConfigError
 from feedstore.connector import SourceNames, source_tables
 from materializer.mapping import Mapping, referenced_columns
 
 SIGNAL_COLUMNS = ("id", "type", "data")
-_PUBLISH = ("insert", "update", "delete")
-
-
-class SourceError(ConfigError):
-    """The source database cannot be checked or fixed; the message says what to do."""
+PUBLISH = ("insert", "update", "delete")
 
 
 @dataclass(frozen=True)
@@ -69,7 +59,6 @@ class TableFacts:
     key: tuple[str, ...] = ()
     unique_index: str | None = None  # a unique index on NOT NULL columns, if there is no key
     identity: str = "d"  # pg_class.relreplident: d default, f full, n nothing, i index
-    usage: bool = False  # the role's USAGE on the schema
     select: bool = False
     insert: bool = False
     columns: tuple[str, ...] = ()
@@ -82,6 +71,7 @@ class SlotFacts:
     database: str | None
     active_pid: int | None
     retained_bytes: int | None
+    active_user: str | None = None  # the role of the backend reading it
 
 
 @dataclass(frozen=True)
@@ -109,6 +99,7 @@ class Facts:
     connect: bool = False
     slot: SlotFacts | None = None
     publication: PublicationFacts | None = None
+    schemas: dict[str, bool] = field(default_factory=dict)  # existing schema -> the role has USAGE
     tables: dict[str, TableFacts] = field(default_factory=dict)
     signal: TableFacts | None = None
 
@@ -148,7 +139,7 @@ def identity_needs(mapping: Mapping, keys: dict[str, tuple[str, ...]]) -> dict[s
 
 # --------------------------------------------------------------------------- verdicts (pure)
 
-def _ident(name: str) -> sql.Composable:
+def ident(name: str) -> sql.Composable:
     return sql.Identifier(*name.split("."))
 
 
@@ -160,13 +151,14 @@ def plan(facts: Facts, mapping: Mapping, names: SourceNames | None = None) -> li
     """Every check, in the order its fixes must run (role, grants, tables, publication)."""
     names = names or SourceNames()
     checks = [_version(facts), _wal_level(facts), *_capacity(facts, names), *_role(facts)]
+    checks += _schemas(facts)
     needs = identity_needs(mapping, {n: t.key for n, t in facts.tables.items()})
     for name in source_tables(mapping):
-        read = frozenset().union(*(fm.columns for fm in mapping.feeds.values() if fm.source.name == name))
-        checks += _table(facts, facts.tables.get(name, TableFacts(name, exists=False)), needs[name], read)
+        checks += _table(facts, facts.tables.get(name, TableFacts(name, exists=False)), needs[name])
     checks += _signal(facts, names)
     checks.append(_publication(facts, mapping, names))
-    return checks
+    toast = _toast(facts, mapping)
+    return checks + ([toast] if toast else [])
 
 
 def _version(f: Facts) -> Check:
@@ -215,9 +207,11 @@ def _slot(f: Facts, names: SourceNames) -> Check:
                                    "(its position is lost) or choose another name with --slot", (drop,))
     if s.database != f.database:
         return Check(label, False, f"exists in database {s.database}; choose another name with --slot", (drop,))
+    if s.active_pid is not None and s.active_user == f.role:
+        return Check(label, True, f"streaming to {f.role} (backend pid {s.active_pid}): the connector is running")
     if s.active_pid is not None:
-        return Check(label, False, f"is in use by backend pid {s.active_pid}; one slot serves one connector: "
-                                   "stop the other reader or choose another name with --slot")
+        return Check(label, False, f"is in use by backend pid {s.active_pid} ({s.active_user}); one slot serves "
+                                   "one connector: stop the other reader or choose another name with --slot")
     kept = f"; it holds {s.retained_bytes / 2**20:.0f} MiB of WAL" if s.retained_bytes else ""
     return Check(label, True, f"exists, idle (the connector resumes from it){kept}")
 
@@ -253,8 +247,19 @@ def _role(f: Facts) -> list[Check]:
     return out
 
 
-def _table(f: Facts, t: TableFacts, need: IdentityNeed, read: frozenset[str]) -> list[Check]:
-    label, role, tbl = f"table {t.name}", sql.Identifier(f.role), _ident(t.name)
+def _schemas(f: Facts) -> list[Check]:
+    out = []
+    for schema, usage in sorted(f.schemas.items()):
+        if usage and f.role_exists:
+            continue  # the usual case: not worth a line per schema
+        out.append(Check(f"schema {schema}: usage", False, f"role {f.role} may not use schema {schema}",
+                         (Fix(_text(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                             sql.Identifier(schema), sql.Identifier(f.role)))),)))
+    return out
+
+
+def _table(f: Facts, t: TableFacts, need: IdentityNeed) -> list[Check]:
+    label, role, tbl = f"table {t.name}", sql.Identifier(f.role), ident(t.name)
     if not t.exists:
         return [Check(label, False, f"does not exist in database {f.database}: check the mapping's "
                                     "'source' (schema.table) and the database in --dsn")]
@@ -273,21 +278,17 @@ def _table(f: Facts, t: TableFacts, need: IdentityNeed, read: frozenset[str]) ->
                          "Add one on the column(s) that identify a row",
                          (Fix(_text(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
                              tbl, sql.SQL("<column>"))), manual=True),)))
-    if not (f.role_exists and t.usage):  # a role created by --apply needs the grant too
-        out.append(Check(f"{label}: schema usage", False, f"role {f.role} may not use schema {t.name.split('.')[0]}",
-                         (Fix(_text(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-                             sql.Identifier(t.name.split(".")[0]), role))),)))
     if t.select and f.role_exists:
         out.append(Check(f"{label}: select", True, f"{f.role} may read it (initial snapshot)"))
     else:
         out.append(Check(f"{label}: select", False, f"{f.role} may not read it; the initial snapshot needs SELECT",
                          (Fix(_text(sql.SQL("GRANT SELECT ON {} TO {}").format(tbl, role))),)))
-    out.append(_identity(t, need, read))
+    out.append(_identity(t, need))
     return out
 
 
-def _identity(t: TableFacts, need: IdentityNeed, read: frozenset[str]) -> Check:
-    label, tbl = f"table {t.name}: replica identity", _ident(t.name)
+def _identity(t: TableFacts, need: IdentityNeed) -> Check:
+    label, tbl = f"table {t.name}: replica identity", ident(t.name)
     names = {"d": "DEFAULT", "f": "FULL", "n": "NOTHING", "i": "USING INDEX"}
     have = names.get(t.identity, t.identity)
     full = Fix(_text(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(tbl)))
@@ -297,17 +298,36 @@ def _identity(t: TableFacts, need: IdentityNeed, read: frozenset[str]) -> Check:
                                    f"without one ({need.reason})", (fix,))
     if need.full and t.identity != "f":
         return Check(label, False, f"{have}, needs FULL: {need.reason}", (full,))
-    large = [c for c in t.large if c in read]
-    if t.identity != "f" and large:
-        return Check(label, True, f"{have} is enough ({need.reason}). But if a value in {', '.join(large)} can "
-                                  "exceed ~2 kB, an update that leaves it unchanged arrives as Debezium's "
-                                  "__debezium_unavailable_value: then make it FULL", (full,), warn=True)
     return Check(label, True, f"{have} ({need.reason})")
+
+
+def _toast(f: Facts, mapping: Mapping) -> Check | None:
+    """One note for the whole source: unchanged large values under REPLICA IDENTITY DEFAULT.
+
+    Postgres stores values over ~2 kB out of line (TOAST) and, without FULL, does not
+    repeat an unchanged one in an update's WAL; Debezium then sends its placeholder
+    ``__debezium_unavailable_value``. Only unbounded, mapped, non-key columns can hit it.
+    """
+    hits = []
+    for name in source_tables(mapping):
+        t = f.tables.get(name)
+        if t is None or not t.exists or t.identity == "f":
+            continue
+        read = frozenset().union(*(fm.columns for fm in mapping.feeds.values() if fm.source.name == name))
+        cols = [c for c in t.large if c in read and c not in t.key]
+        if cols:
+            hits.append(f"{name} ({', '.join(cols)})")
+    if not hits:
+        return None
+    return Check("large values", True, "with REPLICA IDENTITY DEFAULT, an update that leaves a value over ~2 kB "
+                                       "unchanged sends Debezium's placeholder __debezium_unavailable_value for "
+                                       "it. Unbounded mapped columns: " + "; ".join(hits) + ". If any can hold "
+                                       "long values, make that table REPLICA IDENTITY FULL", warn=True)
 
 
 def _signal(f: Facts, names: SourceNames) -> list[Check]:
     label, s, role = f"signal table {names.signal_table}", f.signal, sql.Identifier(f.role)
-    tbl = _ident(names.signal_table)
+    tbl = ident(names.signal_table)
     grant = Fix(_text(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tbl, role)))
     if s is None or not s.exists:
         create = Fix(_text(sql.SQL("CREATE TABLE {} (id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, "
@@ -326,7 +346,7 @@ def _signal(f: Facts, names: SourceNames) -> list[Check]:
 def _publication(f: Facts, mapping: Mapping, names: SourceNames) -> Check:
     label, pub = f"publication {names.publication}", sql.Identifier(names.publication)
     want = [*source_tables(mapping), names.signal_table]
-    tables = sql.SQL(", ").join(_ident(t) for t in want)
+    tables = sql.SQL(", ").join(ident(t) for t in want)
     publish = sql.SQL("WITH (publish = 'insert, update, delete, truncate')")
     create = (sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES {}").format(pub, publish)
               if names.publication_mode == "all_tables"
@@ -348,13 +368,13 @@ def _publication(f: Facts, mapping: Mapping, names: SourceNames) -> Check:
             fixes.append(Fix(_text(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, tables))))
         else:
             fixes.append(Fix(_text(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                pub, sql.SQL(", ").join(_ident(t) for t in missing)))))
+                pub, sql.SQL(", ").join(ident(t) for t in missing)))))
         if missing:
             problems.append(f"misses {', '.join(missing)}")
         if extra:
             problems.append(f"also has {', '.join(extra)} (Debezium would reset it to the mapped tables, "
                             "which needs table ownership)")
-    lacking = [op for op in _PUBLISH if op not in p.publish]
+    lacking = [op for op in PUBLISH if op not in p.publish]
     if lacking:
         problems.append(f"does not publish {', '.join(lacking)}")
         fixes.append(Fix(_text(sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')")
@@ -364,166 +384,13 @@ def _publication(f: Facts, mapping: Mapping, names: SourceNames) -> Check:
     return Check(label, True, "all tables" if p.all_tables else f"publishes {', '.join(want)}")
 
 
-# --------------------------------------------------------------------------- the database (psycopg boundary)
-
-def describe(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "the given DSN"
-    host = parts.get("host") or "the default host"
-    port = f":{parts['port']}" if parts.get("port") else ""
-    db = parts.get("dbname") or parts.get("user") or "the default database"
-    user = f" as {parts['user']}" if parts.get("user") else ""
-    return f"{db} on {host}{port}{user}"
-
-
-def connect(dsn: str) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-    except psycopg.ProgrammingError as ex:
-        raise SourceError(f"--dsn is not a valid PostgreSQL connection string ({_first_line(ex)}); "
-                          "write it as postgresql://USER@HOST:PORT/DBNAME") from ex
-    except psycopg.OperationalError as ex:
-        raise SourceError(f"cannot connect to {describe(dsn)}: {_first_line(ex)}. {_connect_advice(str(ex))}") from ex
-
-
-_ADVICE = (
-    ("password authentication failed", "Check the user and password (PGPASSWORD or ~/.pgpass)."),
-    ("no password supplied", "Give the password in PGPASSWORD or ~/.pgpass (not in shell history)."),
-    ("no pg_hba.conf entry", "Allow this host and user in the server's pg_hba.conf, then reload it."),
-    ("role \"", "Check the user in --dsn (postgresql://USER@HOST/DB)."),
-    ("database \"", "Check the database name in --dsn (postgresql://USER@HOST:PORT/DBNAME)."),
-    ("SSL", "Check sslmode in --dsn (e.g. ?sslmode=require) and the server's SSL settings."),
-)
-
-
-def _connect_advice(text: str) -> str:
-    for needle, advice in _ADVICE:
-        if needle in text:
-            return advice
-    return "Check that PostgreSQL runs there and the host and port in --dsn (postgresql://USER@HOST:PORT/DBNAME)."
-
-
-def _first_line(ex: BaseException) -> str:
-    text = str(ex).strip()
-    # libpq prefixes: 'connection failed: connection to server at "..." failed: FATAL: ...'
-    text = text.splitlines()[0] if text else type(ex).__name__
-    return re.sub(r"^connection failed: ", "", text)
-
-
-def gather(conn: psycopg.Connection[Any], mapping: Mapping, names: SourceNames | None = None,
-           role: str | None = None) -> Facts:
-    try:
-        return _gather(conn, mapping, names or SourceNames(), role)
-    except psycopg.Error as ex:
-        raise SourceError(f"reading the catalog failed: {_first_line(ex)}") from ex
-
-
-def _one(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()) -> Any:
-    row = conn.execute(query.encode(), params).fetchone()
-    return None if row is None else row[0]
-
-
-def _gather(conn: psycopg.Connection[Any], mapping: Mapping, names: SourceNames, role: str | None) -> Facts:
-    db, user = conn.execute("SELECT current_database(), current_user").fetchone() or ("", "")
-    role = role or user
-    settings = dict(conn.execute(
-        "SELECT name, setting FROM pg_settings WHERE name IN "
-        "('server_version_num', 'wal_level', 'max_replication_slots', 'max_wal_senders')").fetchall())
-    rds = bool(_one(conn, "SELECT count(*) FROM pg_roles WHERE rolname = 'rds_replication'"))
-    r = conn.execute("SELECT rolcanlogin, rolreplication OR rolsuper FROM pg_roles WHERE rolname = %s",
-                     (role,)).fetchone()
-    replication = bool(r and r[1]) or (rds and r is not None and bool(
-        _one(conn, "SELECT pg_has_role(%s, 'rds_replication', 'MEMBER')", (role,))))
-    slot_row = conn.execute(
-        "SELECT plugin, database, active_pid, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
-        "FROM pg_replication_slots WHERE slot_name = %s", (names.slot,)).fetchone()
-    pub = None
-    pub_row = conn.execute("SELECT puballtables, pubinsert, pubupdate, pubdelete FROM pg_publication "
-                           "WHERE pubname = %s", (names.publication,)).fetchone()
-    if pub_row is not None:
-        tables = frozenset(f"{s}.{t}" for s, t in conn.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (names.publication,)))
-        publish = frozenset(op for op, on in zip(_PUBLISH, pub_row[1:], strict=True) if on)
-        pub = PublicationFacts(bool(pub_row[0]), tables, publish)
-    return Facts(
-        version=int(settings["server_version_num"]), database=db, user=user, role=role,
-        wal_level=settings["wal_level"],
-        max_replication_slots=int(settings["max_replication_slots"]),
-        slots_used=int(_one(conn, "SELECT count(*) FROM pg_replication_slots")),
-        max_wal_senders=int(settings["max_wal_senders"]),
-        senders_used=int(_one(conn, "SELECT count(*) FROM pg_stat_replication")),
-        role_exists=r is not None, role_login=bool(r and r[0]), role_replication=replication, rds=rds,
-        connect=r is not None and bool(_one(conn, "SELECT has_database_privilege(%s, %s, 'CONNECT')", (role, db))),
-        slot=None if slot_row is None else SlotFacts(*slot_row),
-        publication=pub,
-        tables={t: _table_facts(conn, t, role if r is not None else None) for t in source_tables(mapping)},
-        signal=_table_facts(conn, names.signal_table, role if r is not None else None),
-    )
-
-
-def _table_facts(conn: psycopg.Connection[Any], name: str, role: str | None) -> TableFacts:
-    # By catalog names, not to_regclass: that needs USAGE on the schema, which may be what is missing.
-    schema, table = name.split(".")
-    oid = _one(conn, "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                     "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", (schema, table))
-    if oid is None:
-        return TableFacts(name, exists=False)
-    key = tuple(c for (c,) in conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary ORDER BY array_position("
-        "i.indkey::int2[], a.attnum)", (oid,)))
-    unique = None if key else _one(conn, (
-        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s "
-        "AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND NOT EXISTS (SELECT 1 FROM "
-        "pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull) "
-        "ORDER BY c.relname LIMIT 1"), (oid,))
-    cols = conn.execute(
-        "SELECT a.attname, t.typstorage = 'x' AND a.atttypmod < 0 FROM pg_attribute a JOIN pg_type t "
-        "ON t.oid = a.atttypid WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum", (oid,)).fetchall()
-    privs: tuple[bool, bool, bool] = (False, False, False)
-    if role is not None:
-        row = conn.execute(
-            "SELECT has_schema_privilege(%s, n.nspname, 'USAGE'), has_table_privilege(%s, c.oid, 'SELECT'), "
-            "has_table_privilege(%s, c.oid, 'INSERT') FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = %s", (role, role, role, oid)).fetchone()
-        privs = (bool(row[0]), bool(row[1]), bool(row[2])) if row else privs
-    return TableFacts(
-        name, exists=True, key=key, unique_index=unique,
-        identity=str(_one(conn, "SELECT relreplident FROM pg_class WHERE oid = %s", (oid,))),
-        usage=privs[0], select=privs[1], insert=privs[2],
-        columns=tuple(c for c, _ in cols), large=tuple(c for c, big in cols if big))
-
-
-def apply(conn: psycopg.Connection[Any], fixes: Iterable[Fix]) -> list[str]:
-    """Run the applicable fixes in order; stop at the first failure with what to do."""
-    done: list[str] = []
-    for fix in fixes:
-        if not fix.applicable:
-            continue
-        try:
-            conn.execute(fix.sql.encode())
-        except psycopg.errors.InsufficientPrivilege as ex:
-            raise SourceError(
-                f"permission denied for {fix.sql} ({_first_line(ex)}); applied before it: {len(done)}. "
-                "Run the check as a superuser or the tables' owner (--dsn) and name the connector's role "
-                "with --role") from ex
-        except psycopg.Error as ex:
-            raise SourceError(f"{fix.sql} failed: {_first_line(ex)}; applied before it: {len(done)}") from ex
-        done.append(fix.sql)
-    return done
-
-
 # --------------------------------------------------------------------------- the report
 
 def render(checks: Sequence[Check], header: str) -> str:
     width = max(len(c.name) for c in checks)
     lines = [header, f"  {'state':5}  {'check':{width}}  detail"]
     lines += [f"  {c.state:5}  {c.name:{width}}  {c.detail}" for c in checks]
-    fixes = [f for c in checks if not c.ok for f in c.fixes]
+    fixes = fixes_of(checks)
     if fixes:
         lines += ["", "To fix, run as a superuser (or the tables' owner):"]
         for f in fixes:
@@ -540,4 +407,5 @@ def failed(checks: Iterable[Check]) -> list[Check]:
 
 
 def fixes_of(checks: Iterable[Check]) -> list[Fix]:
-    return [f for c in checks if not c.ok for f in c.fixes]
+    """The failing checks' fixes in order, each statement once."""
+    return list({f.sql: f for c in checks if not c.ok for f in c.fixes}.values())

@@ -131,13 +131,17 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
 
     # The newest valid event per key, then the stored rows of those keys, then what
     # each key's row becomes.
-    cur.execute(
-        f"CREATE OR REPLACE TEMP TABLE fs_cas_latest AS SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT arg_max({_I}, "
-        f"({_POS}::HUGEINT << 32) + {_I}) FROM fs_cas_m WHERE __fs_missing IS NULL {ops} GROUP BY action_key)")
-    _fetch(cur, "fs_cas_old", "kh", "fs_cas_latest", "action_key")
+    latest = "fs_cas_m"  # usually: every key once, every event valid
+    if rejects or ops or scalar(cur, "SELECT count(*) - count(DISTINCT action_key) FROM fs_cas_m"):
+        latest = "fs_cas_latest"
+        cur.execute(
+            f"CREATE OR REPLACE TEMP TABLE fs_cas_latest AS SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT "
+            f"arg_max({_I}, ({_POS}::HUGEINT << 32) + {_I}) FROM fs_cas_m WHERE __fs_missing IS NULL {ops} "
+            "GROUP BY action_key)")
+    _fetch(cur, "fs_cas_old", "kh", latest, "action_key")
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_cas_new AS "
-        f"WITH latest AS (SELECT * FROM fs_cas_latest), old AS (SELECT * FROM fs_cas_old) "
+        f"WITH latest AS (SELECT * FROM {latest}), old AS (SELECT * FROM fs_cas_old) "
         f"SELECT o.__fs_rid, o.session_id AS __fs_old_session, {select(new)} "
         "FROM latest m LEFT JOIN old o ON o.action_key = m.action_key "
         f"WHERE m.{_OP} <> 'd' AND (o.__fs_rid IS NULL OR (m.{_POS} >= o.{POS} AND (o.deleted OR {differs}))) "

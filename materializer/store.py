@@ -138,6 +138,11 @@ class Store:
             raise StoreError(f"{self.path} cannot be read: {ex}") from ex
         try:
             yield cur
+        except (duckdb.FatalException, duckdb.ConnectionException) as ex:
+            # Invalidated by a failed write, or closed by a reopen under this reader: a
+            # retryable condition for the caller (the API answers 503), not a bug.
+            raise StoreError(f"{self.path} is being reopened after a write failure; retry shortly "
+                             f"({str(ex).strip().splitlines()[0]})") from ex
         finally:
             with suppress(duckdb.Error):
                 cur.close()
@@ -164,6 +169,7 @@ class Store:
     def _save_closed(self, closed: datetime, timeout: float) -> None:
         if not self._write_lock.acquire(timeout=timeout):
             return  # a batch is committing; it stamps >= closed and so saves a higher floor
+        failed: Exception | None = None
         try:
             with self.cursor() as cur:
                 cur.execute("INSERT OR REPLACE INTO fs_meta VALUES ('closed_until', ?)", [closed.isoformat()])
@@ -172,8 +178,12 @@ class Store:
             # The fence still holds in memory; only a restart on a clock stepped back
             # before the next successful write could break it. Serving goes on.
             log.warning("could not save the closed-window fence", extra={"error": str(ex), "db": str(self.path)})
+            failed = ex
         finally:
             self._write_lock.release()
+        if failed is not None:  # this commit's checkpoint may have invalidated the file: reopen it
+            with suppress(StoreError):
+                self.recover()
 
     def healthy(self) -> str | None:
         """None when the file answers; else DuckDB's reason (e.g. invalidated after a fatal error)."""

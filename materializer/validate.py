@@ -52,10 +52,16 @@ _LOCALE_RE = (r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}))?"
               r"(?:\.[A-Za-z0-9-]+)?(?:@[A-Za-z0-9]+)?$")
 _OFFSET_RE = r"(?i)(z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 
-#: The store's decimal column type (materializer/store.py SQL_TYPES, not imported: the
-#: store imports the mapping, which imports this). Values are rounded to the field's
-#: own scale first, then widened to this, so comparisons with stored rows stay exact.
-STORE_DECIMAL = "DECIMAL(38,8)"
+#: The store's column types (materializer/store.py SQL_TYPES, not imported: the store
+#: imports the mapping, which imports this; a test keeps them equal). Decimals are
+#: rounded to the field's own scale first, then widened to the store's, so comparisons
+#: with stored rows stay exact.
+STORE_TYPES = {
+    "string": "VARCHAR", "integer": "BIGINT", "decimal": "DECIMAL(38,8)", "float": "DOUBLE",
+    "boolean": "BOOLEAN", "flag": "SMALLINT", "timestamp": "TIMESTAMP", "date": "DATE",
+    "array": "VARCHAR[]",
+}
+STORE_DECIMAL = STORE_TYPES["decimal"]
 
 
 @dataclass(frozen=True)
@@ -239,4 +245,5 @@ def evaluate(field: Field, sql: str, zone: str = "UTC") -> tuple[bool, Any]:
     return bool(row[0]), row[1]
 
 
-__all__ = ["IP_RE", "STORE_DECIMAL", "WS", "Check", "check", "evaluate", "register_vocab", "vocab_tables"]
+__all__ = ["IP_RE", "STORE_DECIMAL", "STORE_TYPES", "WS", "Check", "check", "evaluate", "lit", "register_vocab",
+           "vocab_tables"]

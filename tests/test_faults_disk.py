@@ -87,7 +87,7 @@ def _child(db: str, out: Any) -> None:
     seen["second_retry"] = attempt(batch3[10:], {(TOPIC, 0): 40})
     seen["final"] = state()
     with store.cursor() as cur:
-        seen["cities"] = cur.execute("SELECT count(*) FROM feed_players WHERE city LIKE 'City%'").fetchone()[0]
+        seen["cities"] = cur.execute("SELECT count(*) FROM feed_players WHERE city LIKE 'City%'").fetchall()[0][0]
     seen["health_final"] = store.healthy()
     store.close()
     out.put(seen)

@@ -58,7 +58,7 @@ class World:
     def check(self, mapping: Mapping) -> Report:
         ref = Reference(versions={name: defaultdict(list) for name in mapping.feeds}, aggregated=set())
         ref.versions["players"][("1",)] = self.versions
-        final = {name: [] for name in mapping.feeds} | {"players": [self.final]}
+        final: dict[str, list[Row]] = {name: [] for name in mapping.feeds} | {"players": [self.final]}
         return check(self.pulls(), ref, final, self.progress, mapping, sim="minute")
 
 
@@ -115,6 +115,6 @@ def test_each_violation_is_reported(mapping: Mapping, breakage: str, message: st
         pulls = [p for p in world.pulls() if p.start != T0 + timedelta(seconds=5)]
         ref = Reference({name: defaultdict(list) for name in mapping.feeds}, set())
         ref.versions["players"][("1",)] = world.versions
-        final = {name: [] for name in mapping.feeds} | {"players": [world.final]}
+        final: dict[str, list[Row]] = {name: [] for name in mapping.feeds} | {"players": [world.final]}
         report = check(pulls, ref, final, world.progress, mapping, sim="minute")
     assert any(message in p for p in report.problems), report.problems

@@ -49,15 +49,15 @@ SIGNAL = "public.debezium_signal"
 
 def ready(**overrides: object) -> Facts:
     """A source with everything in place; tests break one thing at a time."""
-    table = TableFacts(USERS, exists=True, key=("user_id",), usage=True, select=True, insert=False,
+    table = TableFacts(USERS, exists=True, key=("user_id",), select=True, insert=False,
                        columns=("user_id", "fname"))
     facts = Facts(
         version=160002, database="casino", user="admin", role="debezium", wal_level="logical",
         max_replication_slots=10, slots_used=1, max_wal_senders=10, senders_used=1,
-        role_exists=True, role_login=True, role_replication=True, connect=True,
+        role_exists=True, role_login=True, role_replication=True, connect=True, schemas={"public": True},
         publication=PublicationFacts(False, frozenset({USERS, SIGNAL}), frozenset({"insert", "update", "delete"})),
         tables={USERS: table},
-        signal=TableFacts(SIGNAL, exists=True, key=("id",), usage=True, select=True, insert=True,
+        signal=TableFacts(SIGNAL, exists=True, key=("id",), select=True, insert=True,
                           columns=("id", "type", "data")),
     )
     return dataclasses.replace(facts, **overrides)  # type: ignore[arg-type]
@@ -105,6 +105,13 @@ def test_a_slot_that_cannot_be_ours(slot: SlotFacts, says: str) -> None:
     assert all(not f.applicable for f in bad.fixes)  # dropping a slot loses its position: the operator decides
 
 
+def test_a_slot_streaming_to_the_connectors_role_is_fine() -> None:
+    c = by_name(ready(slot=SlotFacts("pgoutput", "casino", 4242, 0, "debezium")))["slot feedstore"]
+    assert c.ok and "connector is running" in c.detail  # type: ignore[attr-defined]
+    (bad,) = failed(plan(ready(slot=SlotFacts("pgoutput", "casino", 4242, 0, "etl")), players()))
+    assert "pid 4242 (etl)" in bad.detail
+
+
 def test_an_idle_slot_reports_the_wal_it_holds() -> None:
     c = by_name(ready(slot=SlotFacts("pgoutput", "casino", None, 3 * 2**30)))["slot feedstore"]
     assert c.ok and "3072 MiB" in c.detail  # type: ignore[attr-defined]
@@ -136,7 +143,7 @@ def test_odd_names_are_quoted() -> None:
 def test_missing_table_and_missing_key() -> None:
     (gone,) = failed(plan(ready(tables={}), players()))
     assert gone.name == f"table {USERS}" and "does not exist in database casino" in gone.detail and not gone.fixes
-    nokey = TableFacts(USERS, True, (), usage=True, select=True)
+    nokey = TableFacts(USERS, True, (), select=True)
     bad, identity = failed(plan(ready(tables={USERS: nokey}), players()))
     assert "has none" in bad.detail and bad.fixes[0].manual
     # without a key a delete carries nothing to find the row by
@@ -171,11 +178,22 @@ def test_replica_identity_verdicts() -> None:
     assert bad.fixes[0].sql == 'ALTER TABLE "public"."users" REPLICA IDENTITY DEFAULT;'
 
 
-def test_large_mapped_columns_get_a_warning_not_a_failure() -> None:
-    big = dataclasses.replace(ready().tables[USERS], large=("reg_ua", "push_token"))
-    c = by_name(ready(tables={USERS: big}))[f"table {USERS}: replica identity"]
-    assert c.ok and c.state == "warn"  # type: ignore[attr-defined]
-    assert "reg_ua" in c.detail and "push_token" not in c.detail  # type: ignore[attr-defined]  # unmapped
+def test_large_mapped_columns_get_one_warning_not_a_failure() -> None:
+    big = dataclasses.replace(ready().tables[USERS], large=("reg_ua", "push_token", "user_id"))
+    checks = plan(ready(tables={USERS: big}), players())
+    assert failed(checks) == []
+    note = checks[-1]
+    assert (note.name, note.state) == ("large values", "warn")
+    assert f"{USERS} (reg_ua)" in note.detail  # push_token is not mapped, user_id is the key
+    full = dataclasses.replace(big, identity="f")
+    assert plan(ready(tables={USERS: full}), players())[-1].name != "large values"
+
+
+def test_schema_usage_is_one_line_per_schema() -> None:
+    (bad,) = failed(plan(ready(schemas={"public": False}), players()))
+    assert bad.name == "schema public: usage"
+    assert bad.fixes[0].sql == 'GRANT USAGE ON SCHEMA "public" TO "debezium";'
+    assert all(c.name != "schema public: usage" for c in plan(ready(), players()))
 
 
 def test_signal_table() -> None:

@@ -96,8 +96,9 @@ def test_missing_privileges_are_named_with_their_grants(source: Source, tmp_path
     assert done.returncode == 2
     fixes = [line for line in done.stdout.splitlines() if line.startswith("  fix")]
     assert any(f"role {probe}: replication" in x and "lacks the REPLICATION attribute" in x for x in fixes)
-    assert any(f"{source.schema}.users: schema usage" in x and f"may not use schema {source.schema}" in x
+    assert any(f"schema {source.schema}: usage" in x and f"may not use schema {source.schema}" in x
                for x in fixes)
+    assert done.stdout.count(f'GRANT USAGE ON SCHEMA "{source.schema}"') == 1
     assert f'ALTER ROLE "{probe}" WITH REPLICATION;' in done.stdout
     assert f'GRANT SELECT ON "{source.schema}"."users" TO "{probe}";' in done.stdout
     # Applying needs rights this role does not have: one message saying how to run it instead.

@@ -216,8 +216,8 @@ def test_checks_specialized_to_the_raw_type_agree_with_the_generic_ones(field: F
     assert [(g, gp) for g, _, gp, _ in got] == [(s, sp) for _, s, _, sp in got]
 
 
-def test_decimals_widen_to_the_store_column_type() -> None:
+def test_store_types_are_the_stores() -> None:
     from materializer.store import SQL_TYPES
-    from materializer.validate import STORE_DECIMAL
+    from materializer.validate import STORE_TYPES
 
-    assert STORE_DECIMAL == SQL_TYPES["decimal"]
+    assert SQL_TYPES == STORE_TYPES

@@ -9,7 +9,7 @@ engine producing to the broker. The JVM runs in a child process (JPype cannot st
 second JVM in one process), and the resolved config reaches the validating child on its
 stdin, so a password never lands in a file or an argument list there.
 
-Run as ``python -m deploy.localstack.connect validate < CONFIG.json``.
+Run as ``python -m deploy.localstack.connect validate < CONFIGS.json`` (a JSON list).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _read(path: Path, what: str) -> str:
         return path.read_text()
     except OSError as ex:
         raise StackError(f"{what}: cannot read {path} on this machine ({ex.strerror}); for local runs point "
-                         "--password-ref at a local secret, e.g. ${env:PGPASSWORD}") from ex
+                         "--password-ref at a local secret, e.g. ${env:SOURCE_DB_PASSWORD}") from ex
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -90,7 +90,12 @@ def validate(config: Mapping[str, str], *, timeout: float = 180) -> dict[str, li
 
     It connects to the database as the config says, as Connect's validation does.
     """
-    resolved = resolve(config)
+    return validate_all([config], timeout=timeout)[0]
+
+
+def validate_all(configs: list[Mapping[str, str]], *, timeout: float = 180) -> list[dict[str, list[str]]]:
+    """:func:`validate` for several configs in one JVM (starting one costs seconds)."""
+    resolved = [resolve(c) for c in configs]
     try:
         done = subprocess.run([sys.executable, "-m", "deploy.localstack.connect", "validate"],
                               input=json.dumps(resolved).encode(), capture_output=True, env=_child_env(),
@@ -100,8 +105,8 @@ def validate(config: Mapping[str, str], *, timeout: float = 180) -> dict[str, li
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
         raise StackError("connector validation failed to run: " + " / ".join(tail))
-    errors: dict[str, list[str]] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return errors
+    verdicts: list[dict[str, list[str]]] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return verdicts
 
 
 def engine_properties(config: Mapping[str, str], workdir: Path) -> dict[str, str]:
@@ -125,7 +130,7 @@ def start_engine(config: Mapping[str, str], bootstrap: str, workdir: Path | None
                  timeout: float = 120) -> Debezium:
     """Run ``config`` (the ``"config"`` object of a connector JSON) on the embedded engine,
     producing to ``bootstrap``; returns once the connector holds its replication slot."""
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="feedstore-connector-"))
+    workdir = (workdir or Path(tempfile.mkdtemp(prefix="feedstore-connector-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o700)  # the engine's config file holds the resolved password
     props = engine_properties(config, workdir)
@@ -138,20 +143,22 @@ def _validate_main() -> None:
     ensure_jvm_started()
     import jpype
 
-    config = json.loads(sys.stdin.read())
-    props = jpype.JClass("java.util.HashMap")()
-    for key, value in config.items():
-        props.put(key, value)
-    connector = jpype.JClass(config.get("connector.class", "io.debezium.connector.postgresql.PostgresConnector"))()
-    result: dict[str, Any] = {}
-    for value in connector.validate(props).configValues():
-        messages = [str(m) for m in value.errorMessages()]
-        if messages:
-            result[str(value.name())] = messages
-    print(json.dumps(result), flush=True)
+    verdicts = []
+    for config in json.loads(sys.stdin.read()):
+        props = jpype.JClass("java.util.HashMap")()
+        for key, value in config.items():
+            props.put(key, value)
+        cls = config.get("connector.class", "io.debezium.connector.postgresql.PostgresConnector")
+        result: dict[str, Any] = {}
+        for value in jpype.JClass(cls)().validate(props).configValues():
+            messages = [str(m) for m in value.errorMessages()]
+            if messages:
+                result[str(value.name())] = messages
+        verdicts.append(result)
+    print(json.dumps(verdicts), flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["validate"]:
-        sys.exit("usage: python -m deploy.localstack.connect validate < CONFIG.json")
+        sys.exit("usage: python -m deploy.localstack.connect validate < CONFIGS.json (a JSON list of configs)")
     _validate_main()

@@ -140,12 +140,15 @@ def _run_local(config: dict[str, str], bootstrap: str) -> int:
     from deploy.localstack.procs import StackError
 
     _need_stack()
+    # A stable place per connector: its offsets survive a restart, as in Kafka Connect.
+    workdir = Path("var") / "connect" / config["name"]
     try:
-        engine = start_engine(config, bootstrap)
+        engine = start_engine(config, bootstrap, workdir)
     except StackError as ex:
         raise ConnectorError(str(ex)) from ex
     print(f"connector {config['name']} is streaming {config['table.include.list']} to {bootstrap} "
-          f"(topics {config['topic.prefix']}.<schema>.<table>); log {engine.log}. Ctrl-C stops it.", flush=True)
+          f"(topics {config['topic.prefix']}.<schema>.<table>); offsets and log in {workdir}. Ctrl-C stops it.",
+          flush=True)
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 

@@ -57,6 +57,8 @@ def _preflight(settings: Settings) -> None:
     from feedstore.config import ConfigError, environment
     from materializer.mapping import load_mapping
 
+    if not 0 < settings.pull_share <= 1 or settings.pull_concurrency < 0:
+        raise ConfigError("FEEDSTORE_PULL_SHARE must be in (0, 1] and FEEDSTORE_PULL_CONCURRENCY >= 0")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("set both FEEDSTORE_TLS_CERT and FEEDSTORE_TLS_KEY (PEM files), or neither")
     if settings.tls_cert:

@@ -29,13 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from feedstore import sourcecheck as sc
+    from feedstore import sourcedb as db
     from materializer.mapping import load_mapping
 
     mapping = load_mapping(mapping_path(args))
     names = source_names(args)
-    with sc.connect(args.dsn) as conn:
-        facts = sc.gather(conn, mapping, names, args.role)
-        header = (f"feedstore source check: {sc.describe(args.dsn)}, connector role {facts.role}, "
+    with db.connect(args.dsn) as conn:
+        facts = db.gather(conn, mapping, names, args.role)
+        header = (f"feedstore source check: {db.describe(args.dsn)}, connector role {facts.role}, "
                   f"mapping {mapping.path}")
         checks = sc.plan(facts, mapping, names)
         print(sc.render(checks, header))
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.yes and not _confirm(f"\nApply {len(todo)} statement(s) to {facts.database} as {facts.user}?"):
             print("Nothing applied.")
             return 2
-        done = sc.apply(conn, todo)
+        done = db.apply(conn, todo)
         print(f"Applied {len(done)} statement(s). Checking again:\n")
-        checks = sc.plan(sc.gather(conn, mapping, names, args.role), mapping, names)
+        checks = sc.plan(db.gather(conn, mapping, names, args.role), mapping, names)
         print(sc.render(checks, header))
         if sc.failed(checks):
             return 2

@@ -1,0 +1,130 @@
+"""The consumer against a real broker: a failing sink gets the same batch again, nothing is
+skipped or repeated after success, and a restart resumes exactly at the stored offsets."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from cdc.consumer import BatchPolicy, Consumer, Offsets, kafka_consumer
+from cdc.records import Record
+from deploy.localstack.stack import LocalStack
+
+pytestmark = pytest.mark.stack
+
+
+def produce(bootstrap: str, topic: str, n: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for i in range(n):
+            producer.send(topic, key=str(i % 7).encode(), value=f"v{i}".encode())
+        producer.flush()
+    finally:
+        producer.close()
+
+
+class Sink:
+    """Fails the first ``failures`` calls, then keeps what it is given."""
+
+    def __init__(self, failures: int, want: int) -> None:
+        self.failures = failures
+        self.want = want
+        self.calls: list[tuple[list[Record], Offsets]] = []
+        self.stored: list[Record] = []
+        self.errors_seen: list[str | None] = []
+        self.done = threading.Event()
+        self.consumer: Consumer | None = None
+
+    def __call__(self, records: Sequence[Record], offsets: Offsets) -> None:
+        self.calls.append((list(records), dict(offsets)))
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk full (simulated by the test's sink)")
+        assert self.consumer is not None
+        self.errors_seen.append(self.consumer.last_error)
+        self.stored.extend(records)
+        if len(self.stored) >= self.want:
+            self.done.set()
+
+
+def run(consumer: Consumer, sink: Sink, timeout: float = 60) -> None:
+    sink.consumer = consumer
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        assert sink.done.wait(timeout), f"stored {len(sink.stored)} of {sink.want}"
+    finally:
+        consumer.stop()
+        thread.join(10)
+        consumer.client.close()
+
+
+def consumer_for(stack: LocalStack, topic: str, sink: Sink, stored: Offsets | None = None) -> Consumer:
+    client = kafka_consumer(stack.bootstrap, f"test-{uuid.uuid4().hex[:6]}")
+    return Consumer(client, [topic], stored or {}, sink, BatchPolicy(max_events=10, max_wait_ms=50))
+
+
+def test_a_failing_sink_gets_the_same_batch_again_and_nothing_is_skipped(line_stack: LocalStack) -> None:
+    topic = f"consumer-{uuid.uuid4().hex[:8]}"
+    produce(line_stack.bootstrap, topic, 60)
+    sink = Sink(failures=3, want=60)
+    consumer = consumer_for(line_stack, topic, sink)
+    run(consumer, sink)
+    first, retried = sink.calls[0], sink.calls[3]
+    assert [r.where for r in retried[0]] == [r.where for r in first[0]]  # the very same batch, after backoff
+    assert retried[1] == first[1]
+    assert sink.errors_seen[0] is not None and "disk full" in sink.errors_seen[0]  # reported while failing
+    assert consumer.last_error is None and consumer.failures == 0  # and cleared by the success
+    where = [r.where for r in sink.stored]
+    assert len(where) == len(set(where)) == 60  # each record stored exactly once
+    by_partition: dict[int, list[int]] = {}
+    for r in sink.stored:
+        by_partition.setdefault(r.partition, []).append(r.offset)
+    for p, offsets in by_partition.items():
+        assert offsets == list(range(len(offsets)))  # in order, no gap
+        assert consumer.stored[(topic, p)] == len(offsets)
+    status = consumer.status()
+    assert status["ok"] and status["events"] == 60 and status["batches"] >= 6
+
+
+def test_a_restart_resumes_exactly_at_the_stored_offsets(line_stack: LocalStack) -> None:
+    topic = f"consumer-{uuid.uuid4().hex[:8]}"
+    produce(line_stack.bootstrap, topic, 40)
+    everything = Sink(failures=0, want=40)
+    run(consumer_for(line_stack, topic, everything), everything)
+    ends: dict[int, int] = {}
+    for r in everything.stored:
+        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+    stored = {(topic, p): end // 2 for p, end in ends.items()}  # what a store had committed before a crash
+    rest = Sink(failures=0, want=sum(end - end // 2 for end in ends.values()))
+    run(consumer_for(line_stack, topic, rest, stored), rest)
+    got: dict[int, list[int]] = {}
+    for r in rest.stored:
+        got.setdefault(r.partition, []).append(r.offset)
+    assert got == {p: list(range(end // 2, end)) for p, end in ends.items() if end // 2 < end}
+
+
+def test_status_says_what_fails(line_stack: LocalStack) -> None:
+    topic = f"consumer-{uuid.uuid4().hex[:8]}"
+    produce(line_stack.bootstrap, topic, 5)
+    sink = Sink(failures=10**6, want=1)
+    consumer = consumer_for(line_stack, topic, sink)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    sink.consumer = consumer
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and consumer.failures < 2:
+        time.sleep(0.05)
+    status: dict[str, Any] = consumer.status()
+    consumer.stop()
+    thread.join(15)
+    consumer.client.close()
+    assert not status["ok"] and status["failures"] >= 2
+    assert status["last_error"].startswith("batch not stored: disk full")
+    assert status["failing_since"] is not None and status["events"] == 0
