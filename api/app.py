@@ -91,7 +91,11 @@ def get_app() -> falcon.App:
         return service.consumer.lag() if service.consumer is not None else {}
 
     metrics.watch(Sources(lag=lag))
-    return create_app(service.store, barrier_timeout=settings.barrier_timeout_s, status=service.status,
-                      auth=auth, metrics=metrics, trusted_proxies=trusted_proxies(settings), lag=lag,
-                      max_lag=settings.ready_max_lag, pull_concurrency=settings.pull_concurrency,
-                      pull_share=settings.pull_share)
+    app = create_app(service.store, barrier_timeout=settings.barrier_timeout_s, status=service.status,
+                     auth=auth, metrics=metrics, trusted_proxies=trusted_proxies(settings), lag=lag,
+                     max_lag=settings.ready_max_lag, pull_concurrency=settings.pull_concurrency,
+                     pull_share=settings.pull_share)
+    from api.admin import add_admin  # `feedstore replay --online` (docs/operations.md)
+
+    add_admin(app, service, settings.admin_token)
+    return app

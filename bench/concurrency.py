@@ -203,6 +203,7 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
     if pulls.ok:
         rep.figure("pull latency p50", statistics.median(pulls.ok) * 1000, "ms")
         rep.figure("pull latency p95", percentile(pulls.ok, 95) * 1000, "ms")
+    rep.figure("server worker peak RSS, ingest alone", max(r["rss_mb"] for r in alone), "MB")
     rep.figure("server worker peak RSS under load", max(r["rss_mb"] for r in loaded), "MB")
     rep.figure("server CPU, ingest alone", best_alone["cores"], "cores")
     rep.figure("server CPU, with pulls", best_loaded["cores"], "cores")

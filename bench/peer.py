@@ -89,7 +89,7 @@ _UNTRIGGER = f"DROP TRIGGER IF EXISTS peer_touch ON {TABLE}; DROP INDEX IF EXIST
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"window": 50_000, "extra": 20_000, "statements": 5_000, "bulk": 20_000, "rounds": 2}
-    return {"window": 1_000_000, "extra": 200_000, "statements": 20_000, "bulk": 200_000, "rounds": 2}
+    return {"window": 1_000_000, "extra": 200_000, "statements": 10_000, "bulk": 200_000, "rounds": 2}
 
 
 def setup(dsn: str, rows: int) -> float:

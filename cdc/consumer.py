@@ -10,9 +10,11 @@ tools (``kafka-consumer-groups --describe``) show the lag.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +83,8 @@ class Consumer:
         self._discovered_at = 0.0
         # High-water marks from fetch responses, for lag (tansu's ListOffsets(latest) under-reports).
         self.highwater: dict[tuple[str, int], int | None] = {}
+        # Replays asked for by other threads (the admin endpoint), applied between batches.
+        self._seeks: queue.SimpleQueue[tuple[Offsets, Callable[[], Any] | None, Future[Offsets]]] = queue.SimpleQueue()
 
     def discover(self) -> None:
         """Assign every partition of the mapped topics that exists now; seek new ones."""
@@ -135,6 +139,7 @@ class Consumer:
     def run(self) -> None:
         pause = 0.5
         while not self.stopping.is_set():
+            self._take_seeks()
             try:
                 if not self.assigned:
                     self.discover()
@@ -196,6 +201,34 @@ class Consumer:
         """Move the read position (replays). Call from the consumer's own thread only."""
         for (topic, partition), offset in offsets.items():
             self.client.seek(TopicPartition(topic, partition), offset)
+
+    def request_seek(self, offsets: Offsets, before: Callable[[], Any] | None = None) -> Future[Offsets]:
+        """Move the read position from any thread; done by the loop between two batches.
+
+        ``before`` runs first, in the consumer's thread (the replay rewinds the stored
+        offsets there, in one transaction), so no batch is in flight while the store and
+        the position change. The future answers the stored offsets just before the seek.
+        """
+        done: Future[Offsets] = Future()
+        self._seeks.put((dict(offsets), before, done))
+        return done
+
+    def _take_seeks(self) -> None:
+        while True:
+            try:
+                offsets, before, done = self._seeks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                was = dict(self.stored)
+                if before is not None:
+                    before()
+                self.stored.update(offsets)
+                self.seek({tp: o for tp, o in offsets.items() if TopicPartition(*tp) in self.assigned})
+                log.info("seek", extra={"partitions": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())}})
+                done.set_result(was)
+            except Exception as ex:  # noqa: BLE001 - the requester gets the error; the loop goes on
+                done.set_exception(ex)
 
     def status(self) -> dict[str, Any]:
         """What /ready reports: healthy unless the current batch or poll keeps failing."""

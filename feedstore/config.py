@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ class Settings:
     access_log: str = "-"  # gunicorn's JSON access log: "-" stderr, a path, or "" for none
     pull_concurrency: int = 1  # pulls running DuckDB work at once (others take turns); 0: unbounded
     pull_share: float = 0.25  # while ingest has a backlog, pulls get at most this share of the time
+    # `feedstore replay --online` (docs/operations.md): bearer token of /admin/*; empty = admin endpoint off.
+    admin_token: str = field(default="", repr=False)  # a secret: never in a repr or a log line
+    admin_url: str = ""  # where the CLI finds the running service; empty: http://<bind>
 
     _ENV = {
         "db_path": "FEEDSTORE_DB",
@@ -65,6 +68,8 @@ class Settings:
         "access_log": "FEEDSTORE_ACCESS_LOG",
         "pull_concurrency": "FEEDSTORE_PULL_CONCURRENCY",
         "pull_share": "FEEDSTORE_PULL_SHARE",
+        "admin_token": "FEEDSTORE_ADMIN_TOKEN",
+        "admin_url": "FEEDSTORE_ADMIN_URL",
     }
 
     @classmethod

@@ -43,8 +43,9 @@ from materializer import StoreError
 from materializer.casino import apply_actions, ensure_schema
 from materializer.casino_mapping import ActionsMapping
 from materializer.mapping import FeedMapping, SourceTable
+from materializer.replay import load_resend, remaining, save_resend
 from materializer.stamp import utc_now
-from materializer.store import POS, Store, q, scalar, table_name
+from materializer.store import HASH, POS, Store, q, scalar, table_name
 from materializer.validate import check, lit, register_vocab
 
 log = logging.getLogger("feedstore.materializer")
@@ -94,6 +95,16 @@ class Materializer:
         self.max_event_bytes = max_event_bytes
         ensure_schema(store)  # the casino actions table, when the mapping has one
         self._raw_types: dict[tuple[str, str], list[str]] = {}  # see _map_feed
+        # `feedstore replay --resend`: rows touched by events below these offsets are
+        # re-stamped even when unchanged (materializer/replay.py); shrinks as batches pass.
+        self.resend: dict[tuple[str, int], int] = {}
+        self._resend_idx: list[int] = []  # this batch's events to re-stamp (indexes into records)
+        self.reload_resend()
+
+    def reload_resend(self) -> None:
+        """Re-read the resend range after a replay rewrote it (in the writer's thread)."""
+        with self.store.cursor() as cur:
+            self.resend = load_resend(cur)
 
     def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int], *,
               also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> BatchResult:
@@ -104,6 +115,7 @@ class Materializer:
         """
         result = BatchResult(events=len(records))
         changes, rejects = self._decode(records, result)
+        also = self._with_resend(records, next_offsets, also)
         with self.store.writer() as cur, self.store.stamper.batch() as stamp:
             register_vocab(cur)
             result.stamp = stamp
@@ -116,7 +128,28 @@ class Materializer:
                 bad = self._bisect(cur, records, changes, stamp)
                 good = [c for c in changes if c.index not in bad]
                 self._commit(cur, records, good, rejects + list(bad.values()), next_offsets, stamp, result, also)
+        if self.resend:
+            self.resend = remaining(self.resend, next_offsets)
         return result
+
+    def _with_resend(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int],
+                     also: Callable[[duckdb.DuckDBPyConnection], None] | None
+                     ) -> Callable[[duckdb.DuckDBPyConnection], None] | None:
+        """Stage which events are resent (``fs_resend``) and shrink the saved range in the batch's transaction."""
+        self._resend_idx = [i for i, r in enumerate(records)
+                            if r.offset < self.resend.get((r.topic, r.partition), -1)] if self.resend else []
+        if not self.resend:
+            return also
+        left = remaining(self.resend, next_offsets)
+        if left == self.resend:
+            return also
+
+        def save(cur: duckdb.DuckDBPyConnection) -> None:
+            save_resend(cur, left)
+            if also is not None:
+                also(cur)
+
+        return save
 
     # -- decoding ---------------------------------------------------------------------
 
@@ -190,13 +223,16 @@ class Materializer:
             # Re-registering replaces the previous batch's view; no unregister, which
             # would fail inside a transaction that a bad event has aborted.
             cur.register("fs_stage", staged)
+            resend = self._resend_idx
+            if resend:
+                cur.register("fs_resend", pa.table({_I: pa.array(resend, pa.int64())}))
             for fm in self.mapping.for_topic(topic):
                 if isinstance(fm, ActionsMapping):  # game actions, aggregated per session (materializer/casino.py)
                     rejects += [_Reject(i, why, fm.feed.name)
                                 for i, why in apply_actions(cur, fm, stamp, result.changed, result.invalid)]
                     continue
                 rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.schema.to_string(), absent, any(
-                    d.change.op == "d" for d in group)), self._raw_types)
+                    d.change.op == "d" for d in group), bool(resend)), self._raw_types)
         return rejects
 
     def _bisect(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
@@ -292,11 +328,12 @@ class _Shape:
     schema: str  # the Arrow schema's text: the key of the raw-type cache
     absent: frozenset[str]  # referenced columns no row event carried
     deletes: bool  # any delete events
+    resend: bool = False  # `replay --resend`: fs_resend lists the batch's events whose rows are re-stamped
 
 
 def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, result: BatchResult,
               shape: _Shape, raw_types: dict[tuple[str, str], list[str]]) -> list[_Reject]:
-    feed, t = fm.feed, table_name(fm.feed)
+    feed = fm.feed
     cols = [f for f in feed.fields if f.name != feed.stamp]
     zone = fm.source.zone.key
     raws = [f"__fs_r{n}" for n in range(len(cols))]
@@ -351,42 +388,72 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
             for (i,) in cur.execute(f"SELECT {_I} FROM fs_mapped WHERE {_OP} = 'd' AND ({no_key})").fetchall()]
     _count_invalid(cur, fm, stamp, result, bool(invalid), shape.absent)
 
-    on = " AND ".join(f"m.{q(k)} = f.{q(k)}" for k in feed.key)
-    names = ", ".join(q(f.name) for f in feed.fields)
-    updates = ", ".join(f"{q(f.name)} = excluded.{q(f.name)}" for f in feed.fields if f.name not in feed.key)
-    upsert = f"ON CONFLICT ({key}) DO UPDATE SET {updates}, {POS} = excluded.{POS}"
-    first_key = q(feed.key[0])
     latest = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {_POS} DESC, {_I} DESC) = 1"
-
-    def row(values: dict[str, str]) -> tuple[str, str]:
-        differs = " OR ".join(f"{values[f.name]} IS DISTINCT FROM f.{q(f.name)}" for f in cols)
-        out = ", ".join(
-            f"CASE WHEN f.{first_key} IS NULL OR {differs} THEN $stamp ELSE f.{q(feed.stamp)} END"
-            if f.name == feed.stamp else values[f.name] for f in feed.fields)
-        return out, differs
 
     # Upserts first (the newest valid non-delete event per key), then deletes, so an
     # insert and a delete of one key in the same batch end as the delete policy says.
-    values, differs = row({f.name: f"m.{q(f.name)}" for f in cols})
-    n = scalar(
-        cur,
-        f"INSERT INTO {t} ({names}, {POS}) SELECT {values}, m.{_POS} "
-        f"FROM (SELECT * FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NULL {latest}) m "
-        f"LEFT JOIN {t} f ON {on} "
-        f"WHERE f.{first_key} IS NULL OR (m.{_POS} >= f.{POS} AND ({differs})) {upsert}",
-        {"stamp": stamp})
+    n = _replace_changed(
+        cur, fm, {f.name: f"m.{q(f.name)}" for f in cols},
+        f"(SELECT * FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NULL {latest}) m", stamp, new_rows=True)
     if fm.delete_set and shape.deletes:
-        dvalues = {f.name: f"f.{q(f.name)}" for f in cols} | {
+        values = {f.name: f"f.{q(f.name)}" for f in cols} | {
             name: check(feed.field(name), f"({expr})", zone).value for name, expr in fm.delete_set.items()}
-        dvals, ddiff = row(dvalues)
-        n += scalar(
-            cur,
-            f"INSERT INTO {t} ({names}, {POS}) SELECT {dvals}, m.{_POS} "
-            f"FROM (SELECT * FROM fs_mapped WHERE {_OP} = 'd' {latest}) m JOIN {t} f ON {on} "
-            f"WHERE m.{_POS} >= f.{POS} AND ({ddiff}) {upsert}",
-            {"stamp": stamp})
+        n += _replace_changed(
+            cur, fm, values, f"(SELECT * FROM fs_mapped WHERE {_OP} = 'd' {latest}) m", stamp, new_rows=False)
+    if shape.resend:
+        n += _restamp(cur, fm, stamp)
     result.changed[feed.name] += n
     return rejects
+
+
+def _replace_changed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, values: dict[str, str], source: str,
+                     stamp: datetime, *, new_rows: bool) -> int:
+    """Write the rows whose feed-visible content changed, stamped; return how many.
+
+    ``source`` is the batch's newest event per key (alias ``m``); ``values`` are the new
+    field values as SQL over ``m`` and the stored row ``f``. A row moves only if it is
+    new or its content hash differs and the event is not older than the stored one
+    (decision 3). Comparing hashes reads three narrow columns of the stored table
+    instead of all of them; the unique key is kept by deleting the changed keys and
+    inserting their new versions, which DuckDB does at bulk speed (no ART index).
+    """
+    feed, t = fm.feed, table_name(fm.feed)
+    cols = [f for f in feed.fields if f.name != feed.stamp]
+    on = " AND ".join(f"m.{q(k)} = f.{q(k)}" for k in feed.key)
+    content = f"hash({', '.join(values[f.name] for f in cols)})"
+    stored = f"(SELECT {', '.join(q(k) for k in feed.key)}, {POS}, {HASH} FROM {t})" if new_rows else t
+    join = "LEFT JOIN" if new_rows else "JOIN"
+    fresh = f"f.{q(feed.key[0])} IS NULL OR " if new_rows else ""
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE fs_changed AS SELECT "
+        + ", ".join(f"{values[f.name]} AS {q(f.name)}" for f in cols)
+        + f", m.{_POS} AS {POS}, {content} AS {HASH} FROM {source} {join} {stored} f ON {on} "
+        f"WHERE {fresh}(m.{_POS} >= f.{POS} AND {content} IS DISTINCT FROM f.{HASH})")
+    n: int = scalar(cur, "SELECT count(*) FROM fs_changed")
+    if n:
+        match = " AND ".join(f"{t}.{q(k)} = c.{q(k)}" for k in feed.key)
+        cur.execute(f"DELETE FROM {t} USING fs_changed c WHERE {match}")
+        names = ", ".join(q(f.name) for f in feed.fields)
+        cur.execute(
+            f"INSERT INTO {t} ({names}, {POS}, {HASH}) SELECT "
+            + ", ".join("$stamp" if f.name == feed.stamp else q(f.name) for f in feed.fields)
+            + f", {POS}, {HASH} FROM fs_changed", {"stamp": stamp})
+    return n
+
+
+def _restamp(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime) -> int:
+    """``replay --resend``: stamp every row a resent event touches, changed or not, so the
+    CRM receives it again in the next window; content and source position stay."""
+    feed, t = fm.feed, table_name(fm.feed)
+    keys = ", ".join(f"m.{q(k)}" for k in feed.key)
+    on = " AND ".join(f"k.{q(k)} = {t}.{q(k)}" for k in feed.key)
+    n: int = scalar(
+        cur,
+        f"UPDATE {t} SET {q(feed.stamp)} = $stamp FROM (SELECT DISTINCT {keys} FROM fs_mapped m "
+        f"JOIN fs_resend r ON m.{_I} = r.{_I} WHERE m.{_MISSING} IS NULL OR m.{_OP} = 'd') k "
+        f"WHERE {on} AND {t}.{q(feed.stamp)} IS DISTINCT FROM $stamp",
+        {"stamp": stamp})
+    return n
 
 
 def _count_invalid(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, result: BatchResult,

@@ -40,6 +40,7 @@ SQL_TYPES = {
 
 # Feedstore's own columns on every feed table, after the spec's fields.
 POS = "_fs_pos"  # source position of the last applied event (LSN), decision 3
+HASH = "_fs_hash"  # hash of the feed-visible content: "did it change?" without reading every column
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS fs_meta (name VARCHAR PRIMARY KEY, value VARCHAR);
@@ -91,6 +92,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
         self._swap = threading.Lock()
+        self._closed = False  # closed on purpose: never reopened behind the owner's back
         self.reopened = 0
         self._db: duckdb.DuckDBPyConnection | None = self._connect()
         floor, self._closed_saved = self._prepare()
@@ -202,6 +204,8 @@ class Store:
         the stamp floor to what the file holds, never lowering it.
         """
         with self._swap:
+            if self._closed:
+                return False
             reason = self.healthy()
             if reason is None or (self._db is not None and not _invalidated(reason)):
                 return False
@@ -213,11 +217,11 @@ class Store:
                 self._db = self._connect()
                 try:
                     floor, closed = self._prepare()
-                except BaseException:
+                except (duckdb.Error, StoreError) as ex:
                     db, self._db = self._db, None
                     with suppress(duckdb.Error):
                         db.close()
-                    raise
+                    raise StoreError(f"reopening {self.path} failed: {ex}; retried with the next batch") from ex
             self._closed_saved = max(self._closed_saved, closed)
             if floor is not None:
                 self.stamper.raise_to(floor)
@@ -239,6 +243,7 @@ class Store:
                     for name, fm in self.mapping.feeds.items()}
 
     def close(self) -> None:
+        self._closed = True
         db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -272,7 +277,9 @@ def scalar(cur: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> A
 
 
 def _feed_ddl(feed: Feed) -> str:
+    # No PRIMARY KEY: DuckDB's ART index turns every batch commit on a 1M-row table
+    # into seconds (measured ~15 s vs ~0.02 s for 20k upserts); the key is kept unique
+    # by the writer (delete + insert of the batch's changed keys, materializer/apply.py).
     cols = [f"{q(f.name)} {SQL_TYPES[f.type]}" for f in feed.fields]
-    cols.append(f"{POS} BIGINT")
-    key = ", ".join(q(k) for k in feed.key)
-    return f"CREATE TABLE IF NOT EXISTS {table_name(feed)} ({', '.join(cols)}, PRIMARY KEY ({key}))"
+    cols += [f"{POS} BIGINT", f"{HASH} UBIGINT"]
+    return f"CREATE TABLE IF NOT EXISTS {table_name(feed)} ({', '.join(cols)})"

@@ -7,6 +7,7 @@ own ``feedstore serve`` process with a fresh DuckDB file, reading the same topic
 from __future__ import annotations
 
 import signal
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -29,11 +30,13 @@ from deploy.localstack.stack import LocalStack
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     if request.config.getoption("--stack") == "containers":  # tests/fix_containers.py; skips without Docker
         yield request.getfixturevalue("containers_stack")
         return
-    s = LocalStack(workdir=tmp_path_factory.mktemp("stack"))
+    # Not under pytest's basetemp: a second pytest session resets that tree to mode 0700,
+    # and the stack's Postgres runs as another OS user (as root) and would lose its files.
+    s = LocalStack(workdir=Path(tempfile.mkdtemp(prefix="feedstore-test-stack-")))
     s.start()
     yield s
     s.stop()

@@ -38,12 +38,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def _die_with_parent(sig: int, uid: int | None, gid: int | None) -> Callable[[], None]:
     def preexec() -> None:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig)
         if gid is not None:
             os.setgid(gid)
         if uid is not None:
             os.setuid(uid)
+        # After the user switch: Linux clears the parent-death signal on a change of credentials.
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
 
     return preexec
 

@@ -5,4 +5,4 @@ Adding a command is adding a module here and its name to ``COMMANDS``; the parse
 its handler, so ``feedstore --help`` is instant.
 """
 
-COMMANDS = ["serve", "demo", "stack", "source", "connector_config", "quarantine"]
+COMMANDS = ["serve", "demo", "stack", "source", "connector_config", "quarantine", "replay", "rebuild"]
