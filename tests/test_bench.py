@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from bench import capture, common, peer, scale
-from bench.__main__ import run_one
+from bench.__main__ import busy, run_one
 from bench.common import Context, PeakRss, Report, in_child, percentile, render_markdown, summary_rows
 from bench.ingest import mapping_for
 from deploy.localstack.stack import LocalStack
@@ -115,6 +115,14 @@ def test_runner_tolerates_missing_failing_and_old_style_modules(tmp_path: Path) 
     res = run_one("oldstyle", ctx, load=modules.__getitem__)
     assert res["answer"] == 42 and res["quick"] is True and res["name"] == "oldstyle"
     assert "kaputt" in run_one("broken", ctx, load=modules.__getitem__)["error"]
+
+
+def test_busy_machine_is_called_out_in_the_report() -> None:
+    idle = {"cores": 2, "load_avg": "0.50 / 0.40 / 0.30"}
+    loaded = {"cores": 2, "load_avg": "7.00 / 5.00 / 3.00"}
+    assert busy(idle, idle) == []
+    notes = busy(idle, loaded)
+    assert len(notes) == 1 and "7.0 on 2 cores" in notes[0]
 
 
 def test_mapping_for_moves_every_topic_to_the_new_prefix(tmp_path: Path) -> None:

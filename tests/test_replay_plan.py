@@ -45,7 +45,8 @@ def test_exactly_one_target_and_future_refused() -> None:
         target_from(to_datetime="2026-05-01 12:00:01", now=NOW)
     with pytest.raises(ReplayError, match="negative"):
         target_from(shift_by=5, now=NOW)
-    assert target_from(by_duration="PT1H", now=NOW) == Target("time", int((NOW - timedelta(hours=1)).timestamp() * 1000))
+    hour_ago = int((NOW - timedelta(hours=1)).timestamp() * 1000)
+    assert target_from(by_duration="PT1H", now=NOW) == Target("time", hour_ago)
     assert target_from(to_datetime="2026-05-01T11:00:00", now=NOW) == target_from(by_duration="PT1H", now=NOW)
 
 

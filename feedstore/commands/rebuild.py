@@ -56,8 +56,9 @@ def run_rebuild(args: argparse.Namespace) -> int:
     if args.swap:
         if not live.exists():
             raise ReplayError(f"{live} does not exist; nothing to swap (a new service just reads {new}: rename it)")
-        try:  # the live file must be free: the swap happens with the service stopped
-            duckdb.connect(str(live), read_only=True).close()
+        try:  # the live file must be free (service stopped); its WAL is folded in, so none is left behind
+            with duckdb.connect(str(live)) as conn:
+                conn.execute("CHECKPOINT")
         except duckdb.Error as ex:
             raise ReplayError(f"cannot open {live}: {str(ex).strip().splitlines()[0]}. Stop `feedstore serve` for "
                               "the swap (the long build ran without stopping it)") from ex

@@ -204,15 +204,20 @@ def _online(admin: _Admin, plan: Plan, args: argparse.Namespace) -> int:
         _out(args, doc, f"the service rewound {len(until)} partition(s); {answer['events']:,} event(s) to re-read")
         return 0
     done_before = 0
-    with _bar(answer["events"], args) as bar:
-        while True:
-            stored = admin.stored()
-            left = sum(max(0, end - stored.get(tp, 0)) for tp, end in until.items())
-            bar.update(answer["events"] - left - done_before)
-            done_before = answer["events"] - left
-            if left == 0:
-                break
-            time.sleep(0.5)
+    try:
+        with _bar(answer["events"], args) as bar:
+            while True:
+                stored = admin.stored()
+                left = sum(max(0, end - stored.get(tp, 0)) for tp, end in until.items())
+                bar.update(answer["events"] - left - done_before)
+                done_before = answer["events"] - left
+                if left == 0:
+                    break
+                time.sleep(0.5)
+    except KeyboardInterrupt:  # only the following stops; the service goes on re-reading
+        print("stopped following; the service continues the replay (GET /admin/offsets shows where it is)",
+              file=sys.stderr)
+        return 130
     _out(args, doc, f"the service re-read {answer['events']:,} event(s)")
     return 0
 
