@@ -17,6 +17,7 @@ response must be a 200 read to the end; anything else counts as a failed request
 from __future__ import annotations
 
 import base64
+import shutil
 import statistics
 import sys
 import tempfile
@@ -186,6 +187,7 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
     finally:
         if own:
             ctx.close()
+            shutil.rmtree(ctx.work, ignore_errors=True)
     best_alone = max(alone, key=lambda r: r["rate"])
     best_loaded = max(loaded, key=lambda r: r["rate"])
     pulls = Pulls()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -256,6 +257,7 @@ def run(quick: bool, ctx: Context | None = None) -> dict[str, Any]:
     finally:
         if own:
             ctx.close()
+            shutil.rmtree(ctx.work, ignore_errors=True)
     copy_rate = rows / m["copy"]["secs"]
     rep.sizes.update({"rows": rows, "CSV MB": round(m["copy"]["bytes"] / 2**20, 1)})
     for name, r in m["http"].items():

@@ -179,6 +179,16 @@ def test_late_action_lands_in_the_window_it_arrived_in(client, materializer, clo
     assert "s" not in pull(client, *hour(2))
 
 
+def test_own_times_far_from_now_are_kept(client, materializer, clock, src: Source) -> None:
+    """A legacy table's placeholder dates (before 1970, far future) are times like any other."""
+    at_hour(clock, 0)
+    materializer.apply([src.insert(1, "s", "BET", "1", datetime(1960, 1, 1, 1)),
+                        src.insert(2, "s", "WIN", "2", datetime(2999, 1, 1, 1))], {})
+    row = pull(client, *hour(0))["s"]
+    assert (row["created_at"], row["updated_at"]) == ("1960-01-01 00:00:00", "2999-01-01 00:00:00")
+    assert agg(row) == src.expected("s")
+
+
 # --------------------------------------------------------------------------- changes, replays
 
 def test_rollback_row_cancels_a_bet(client, materializer, clock, src: Source) -> None:

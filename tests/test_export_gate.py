@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import falcon.testing
 import pytest
 
+from api.app import create_app
 from api.gate import PullGate
 
 
@@ -88,3 +90,15 @@ def test_an_error_inside_still_frees_the_slot() -> None:
 def test_nonsense_settings_are_refused(slots: int, share: float) -> None:
     with pytest.raises(ValueError, match="slots"):
         PullGate(slots=slots, share=share)
+
+
+def test_a_gated_pull_under_backlog_returns_the_same_bytes(store, materializer, events) -> None:
+    """The app's gate changes when DuckDB works, never what a pull returns."""
+    materializer.apply([events.record("c", None, events.user(i)) for i in range(1, 30)], {})
+    query = "from=2025-03-01+11:00:00&to=2025-03-01+13:00:00"
+    free = falcon.testing.TestClient(create_app(store)).simulate_get("/api/players", query_string=query)
+    gated_app = create_app(store, pull_concurrency=1, pull_share=0.5, lag=lambda: {("t", 0): 5_000})
+    gated = falcon.testing.TestClient(gated_app).simulate_get("/api/players", query_string=query)
+    assert gated.status_code == free.status_code == 200
+    assert gated.content == free.content
+    assert gated.text.count("\n") == 30  # header + 29 users

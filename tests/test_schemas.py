@@ -407,7 +407,7 @@ def test_openapi_document(feeds: dict[str, Feed]) -> None:
     doc = openapi_document(feeds)
     json.dumps(doc)  # plain data
     assert doc["openapi"] == "3.0.3" and doc["info"]["title"]
-    assert set(doc["paths"]) == {f"/api/{n}" for n in CONTRACT} | {"/health", "/ready"}
+    assert set(doc["paths"]) == {f"/api/{n}" for n in CONTRACT} | {"/health", "/ready", "/metrics", "/openapi.json"}
     for ref in _refs(doc):
         assert _resolve(doc, {"$ref": ref})
     schemes = doc["components"]["securitySchemes"]
@@ -421,7 +421,7 @@ def test_openapi_document(feeds: dict[str, Feed]) -> None:
         assert params["from"]["required"] and params["to"]["required"]
         assert params["from"]["schema"]["pattern"] == WINDOW_PATTERN
         assert params["format"]["schema"]["enum"] == ["csv", "json"] and not params["format"]["required"]
-        assert set(get["responses"]) == {"200", "400", "401", "403", "404", "503"}
+        assert set(get["responses"]) == {"200", "400", "401", "403", "404", "429", "503"}
         error = _resolve(doc, get["responses"]["400"]["content"]["application/json"]["schema"])
         assert error["required"] == ["title", "description"]
         ok = get["responses"]["200"]["content"]
