@@ -14,19 +14,25 @@ in constant time and never logged.
 - ``GET /admin/offsets``: stored offsets, high-water marks, the pending resend range.
 - ``POST /admin/replay`` ``{"offsets": [[topic, partition, offset], ...], "resend": bool}``:
   rewind; answers the applied plan (from, to, events per partition).
+- ``POST /admin/rebuild`` (202) starts ``materializer.rebuild.Rebuild`` in a thread;
+  ``GET /admin/rebuild`` follows it (state, events read of the total, rows re-stamped).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
 from cdc.consumer import Offsets
 from materializer.replay import read_resend, rewind
+
+if TYPE_CHECKING:
+    from materializer.rebuild import Rebuild
 
 log = logging.getLogger("feedstore.admin")
 
@@ -43,6 +49,8 @@ class Admin:
     def __init__(self, service: Any, token: str) -> None:
         self.service = service
         self._token = token.encode()
+        self.rebuild: Rebuild | None = None
+        self._lock = threading.Lock()
 
     def _check(self, req: falcon.Request) -> None:
         if not self._token:
@@ -104,7 +112,35 @@ class Admin:
         resp.media = {"applied": applied, "resend": resend, "events": sum(a["events"] for a in applied)}
 
 
+    def on_get_rebuild(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._check(req)
+        if self.rebuild is None:
+            raise falcon.HTTPNotFound(description="no rebuild has run in this process; POST /admin/rebuild starts one")
+        resp.media = self.rebuild.status()
+
+    def on_post_rebuild(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from cdc.consumer import kafka_consumer
+        from materializer.rebuild import Rebuild
+
+        self._check(req)
+        svc = self.service
+        if svc.consumer is None or svc.materializer is None:
+            raise falcon.HTTPServiceUnavailable(description="the consumer is not running")
+        with self._lock:
+            if self.rebuild is not None and self.rebuild.state in ("building", "swapping"):
+                raise falcon.HTTPConflict(description="a rebuild is already running: GET /admin/rebuild")
+            settings = svc.settings
+            self.rebuild = Rebuild(svc.store, svc.consumer, svc.materializer,
+                                   lambda: kafka_consumer(settings.kafka_bootstrap, f"{settings.group_id}-rebuild"),
+                                   max_event_bytes=settings.max_event_bytes)
+            self.rebuild.thread.start()
+        log.info("rebuild started", extra={"file": str(self.rebuild.path)})
+        resp.status = falcon.HTTP_202
+        resp.media = self.rebuild.status()
+
+
 def add_admin(app: falcon.App, service: Any, token: str) -> None:
     admin = Admin(service, token)
     app.add_route("/admin/offsets", admin, suffix="offsets")
     app.add_route("/admin/replay", admin, suffix="replay")
+    app.add_route("/admin/rebuild", admin, suffix="rebuild")

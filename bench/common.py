@@ -155,15 +155,16 @@ class PeakRss:
         return self.peak / 2**20
 
 
-def _child_main(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], out: Any) -> None:
+def _child_main(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
     try:
-        out.put(("ok", fn(*args)))
+        out.put(("ok", fn(*args, **kwargs)))
     except BaseException as ex:  # noqa: BLE001 - handed to the parent with its traceback
         out.put(("error", f"{type(ex).__name__}: {ex}\n{traceback.format_exc()}"))
 
 
-def in_child(fn: Callable[..., dict[str, Any]], *args: Any, timeout: float = 900) -> tuple[dict[str, Any], float]:
-    """Run ``fn(*args)`` in a fresh interpreter; return its dict and its peak RSS in MB.
+def in_child(fn: Callable[..., dict[str, Any]], *args: Any, timeout: float = 900,
+             **kwargs: Any) -> tuple[dict[str, Any], float]:
+    """Run ``fn(*args, **kwargs)`` in a fresh interpreter; return its dict and its peak RSS in MB.
 
     A fresh process per measurement makes peak RSS mean "what this workload needs"
     rather than "whatever the suite allocated before it" (Python rarely returns memory).
@@ -171,7 +172,7 @@ def in_child(fn: Callable[..., dict[str, Any]], *args: Any, timeout: float = 900
     """
     spawn = multiprocessing.get_context("spawn")
     out = spawn.Queue()
-    proc = spawn.Process(target=_child_main, args=(fn, args, out), daemon=True)
+    proc = spawn.Process(target=_child_main, args=(fn, args, kwargs, out), daemon=True)
     proc.start()
     assert proc.pid is not None
     deadline = time.monotonic() + timeout

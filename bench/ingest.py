@@ -33,7 +33,7 @@ TARGET_RATE = 20_000  # events/s, schema-embedded, on the 2-core machine (issue 
 
 def sizes(quick: bool) -> tuple[int, int]:
     """(events per variant, runs per side)."""
-    return (10_000, 1) if quick else (60_000, 2)
+    return (10_000, 1) if quick else (50_000, 2)
 
 
 def mapping_for(prefix: str, work: Path) -> Path:

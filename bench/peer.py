@@ -10,8 +10,8 @@ measure on the same data, in the local stack's Postgres (the operator's database
   trigger and index: single-row autocommit updates by primary key from a client (what
   an application does; client round trips dilute the difference), the same statements
   in a server-side PL/pgSQL loop (the database's own cost per update) and one bulk
-  ``UPDATE``; ratio of times and of WAL bytes. Runs alternate (without, with, without, with in the full suite) and the
-  best of each is kept;
+  ``UPDATE``; ratio of times and of WAL bytes. Runs alternate (without, with, without,
+  with) and the best of each is kept;
 - export: rows/s of that COPY for a window of the same size as Feedstore's, against
   Feedstore's HTTP CSV (a real ``feedstore serve``) and DuckDB's ``COPY (window) TO``.
 

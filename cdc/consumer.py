@@ -207,7 +207,8 @@ class Consumer:
 
         ``before`` runs first, in the consumer's thread (the replay rewinds the stored
         offsets there, in one transaction), so no batch is in flight while the store and
-        the position change. The future answers the stored offsets just before the seek.
+        the position change; when it returns a dict, that is the new position. The future
+        answers the stored offsets just before the seek.
         """
         done: Future[Offsets] = Future()
         self._seeks.put((dict(offsets), before, done))
@@ -221,8 +222,9 @@ class Consumer:
                 return
             try:
                 was = dict(self.stored)
-                if before is not None:
-                    before()
+                got = before() if before is not None else None
+                if isinstance(got, dict):  # `before` decided the offsets itself (an installed rebuild)
+                    offsets = got
                 self.stored.update(offsets)
                 self.seek({tp: o for tp, o in offsets.items() if TopicPartition(*tp) in self.assigned})
                 log.info("seek", extra={"partitions": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())}})

@@ -27,6 +27,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -456,10 +457,11 @@ def _key_text(fields: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="session")
-def line_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def line_stack() -> Iterator[LocalStack]:
     """Postgres and a broker of their own: faults and poison injected here never reach the
-    shared ``stack``. Each test adds its own database and Debezium connector (``line``)."""
-    stack = LocalStack(workdir=tmp_path_factory.mktemp("line-stack"))
+    shared ``stack``. Each test adds its own database and Debezium connector (``line``).
+    Not under pytest's basetemp, for the reason tests/fix_stack.py gives."""
+    stack = LocalStack(workdir=Path(tempfile.mkdtemp(prefix="feedstore-test-line-")))
     stack.start(debezium=False)
     yield stack
     stack.stop()
@@ -494,6 +496,9 @@ def line(line_stack: LocalStack, tmp_path: Path) -> Iterator[Line]:
     workdir.mkdir()
     props = connector_properties(dsn_host="127.0.0.1", port=line_stack.postgres.port, dbname=name, prefix=name,
                                  workdir=workdir, slot=name)
+    # Debezium's offsets flushed every 5 s rather than every second: a crash then re-sends
+    # more, which is what the line has to survive.
+    props["offset.flush.interval.ms"] = "5000"
     debezium = Debezium(workdir, props, line_stack.bootstrap).start(dsn)
     serve = Serve(line_stack, tmp_path / "feedstore.duckdb", tmp_path / "serve.log", name, mapping=mapping_path)
     source = Source(dsn, mapping)

@@ -264,3 +264,23 @@ def test_online_replay_during_live_load_loses_and_duplicates_nothing(
     rows = [r for r in served.pull("players", far_past, far) if r["id"] in source]
     assert len(rows) == len(source)  # each once: nothing lost, nothing duplicated
     assert {r["id"]: r for r in rows if int(r["id"]) in quiet} == kept  # replayed, unchanged, not re-stamped
+
+
+def test_online_rebuild_installs_an_equal_store_while_serving(
+        stack: LocalStack, pg: psycopg.Connection[Any], admin_served: tuple[Served, Path]) -> None:
+    served, db = admin_served
+    far_past, far = datetime(2000, 1, 1), datetime(2100, 1, 1)
+    ids = insert_users(pg, 3, "orb")
+    pg.execute("UPDATE users SET fname = 'orb-upd' WHERE user_id = %s", (ids[0],))
+    served.wait_for(lambda: any(r["first_name"] == "orb-upd" for r in served.pull("players", far_past, far)))
+    before = {f: served.pull(f, far_past, far) for f in ("players", "contacts")}
+
+    done = ok_json(cli(stack, db, "rebuild", "--online", "--url", served.url, "--json", FEEDSTORE_ADMIN_TOKEN=TOKEN))
+    assert done["state"] == "done" and done["read"] > 0
+    assert set(done["restamped"].values()) == {0}  # every rebuilt row equals the live one
+    assert {f: served.pull(f, far_past, far) for f in before} == before  # contents and modified_at
+    assert not Path(done["file"]).exists()
+
+    late = insert_users(pg, 1, "after-rebuild")[0]  # the consumer goes on from the rebuilt offsets
+    served.wait_for(lambda: any(r["id"] == str(late) for r in served.pull("players", far_past, far)))
+    assert len(served.pull("players", far_past, far)) == len(before["players"]) + 1

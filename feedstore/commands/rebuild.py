@@ -11,6 +11,9 @@ Two steps, so the live file keeps serving while the long part runs:
    served-window fence, then renames it over ``<db>`` atomically; the old file stays as
    ``<db>.before-rebuild``. Start the service again.
 
+Or, with no stop at all, ``feedstore rebuild --online``: the running service builds the
+file in a thread and installs its rows between two batches (docs/operations.md).
+
 Exit status: 0 done, 2 the files or the broker cannot be used (nothing swapped).
 """
 
@@ -34,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", type=Path, help="the live DuckDB file (default FEEDSTORE_DB)")
     p.add_argument("--mapping", type=Path, help="the mapping file (default FEEDSTORE_MAPPING)")
     p.add_argument("--swap", action="store_true", help="service stopped: catch up, carry stamps, swap the files")
+    p.add_argument("--online", action="store_true", help="the running service builds and installs it, no stop")
+    p.add_argument("--url", help="the service's base URL (default FEEDSTORE_ADMIN_URL or http://FEEDSTORE_BIND)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=run_rebuild)
 
@@ -50,6 +55,8 @@ def run_rebuild(args: argparse.Namespace) -> int:
     from materializer.store import Store
 
     settings = Settings.from_env()
+    if args.online:
+        return _online(settings, args)
     mapping = load_mapping(args.mapping or settings.mapping_path)
     live = args.db or settings.db_path
     new = live.with_name(live.name + ".rebuild")
@@ -108,4 +115,32 @@ def run_rebuild(args: argparse.Namespace) -> int:
     else:
         print(f"{new} holds {out['rows']} after {out['read']:,} event(s); stop the service and run "
               "`feedstore rebuild --swap` to install it")
+    return 0
+
+
+def _online(settings: Settings, args: argparse.Namespace) -> int:
+    """Start the rebuild in the service and follow it until it is installed."""
+    import time
+
+    from feedstore.commands.replay import _Admin, _bar
+
+    if args.swap:
+        raise ReplayError("--online installs the rebuild by itself; --swap is for the offline way")
+    admin = _Admin(args.url or settings.admin_url or f"http://{settings.bind}", settings.admin_token)
+    status = admin.call("POST", "/admin/rebuild", {})
+    seen = 0
+    with _bar(0, args) as bar:
+        while status["state"] in ("building", "swapping"):
+            time.sleep(0.5)
+            status = admin.call("GET", "/admin/rebuild")
+            bar.total = max(status["total"], status["read"])
+            bar.update(status["read"] - seen)
+            seen = status["read"]
+    if args.json:
+        print(json.dumps(status))
+    elif status["state"] == "done":
+        print(f"rebuilt from {status['read']:,} event(s) and installed; rows re-stamped because they differ: "
+              f"{status['restamped']}")
+    if status["state"] != "done":
+        raise ReplayError(f"the rebuild {status['state']}: {status['error']}; the live store is unchanged")
     return 0

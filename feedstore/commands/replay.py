@@ -231,7 +231,7 @@ class _Admin:
         self.url = url.rstrip("/")
         self.token = token
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None) -> Any:
         if not self.token:
             raise ReplayError("--online needs FEEDSTORE_ADMIN_TOKEN (the same value the service runs with)")
         data = json.dumps(body).encode() if body is not None else None
@@ -253,8 +253,8 @@ class _Admin:
                               "set FEEDSTORE_ADMIN_URL or --url") from ex
 
     def stored(self) -> dict[TP, int]:
-        return {(t, p): o for t, p, o in self._call("GET", "/admin/offsets")["stored"]}
+        return {(t, p): o for t, p, o in self.call("GET", "/admin/offsets")["stored"]}
 
     def replay(self, moves: dict[TP, int], resend: bool) -> Any:
-        return self._call("POST", "/admin/replay",
+        return self.call("POST", "/admin/replay",
                           {"offsets": [[t, p, o] for (t, p), o in sorted(moves.items())], "resend": resend})
