@@ -84,9 +84,11 @@ def fill(db: str, mapping: str, rows: int, feed_name: str = "players", chunk: in
     """
     import duckdb
 
+    from materializer import store as stores
     from materializer.mapping import load_mapping
     from materializer.store import POS, Store, q, table_name
 
+    HASH = getattr(stores, "HASH", None)  # noqa: N806 - the store's column name, when it keeps one
     started = time.perf_counter()
     store = Store(db, load_mapping(Path(mapping)))
     feed = store.feed(feed_name)
@@ -95,16 +97,20 @@ def fill(db: str, mapping: str, rows: int, feed_name: str = "players", chunk: in
     chunk = min(rows, chunk)
     exprs = ", ".join(f"{value_sql(feed, f, k)} AS {n}"
                       for k, (f, n) in enumerate(zip(feed.fields, names, strict=True)))
-    moved = ", ".join(
-        f"CAST(__i + $off AS {'VARCHAR' if f.type == 'string' else 'BIGINT'})" if f.name in feed.key
+    moved = {
+        f.name: f"CAST(__i + $off AS {'VARCHAR' if f.type == 'string' else 'BIGINT'})" if f.name in feed.key
         else f"{n} + to_microseconds($off * {STEP_US})" if f.name == feed.stamp else n
-        for f, n in zip(feed.fields, names, strict=True))
+        for f, n in zip(feed.fields, names, strict=True)}
+    extra = [(POS, "0")]
+    if HASH:  # the content hash the materializer compares, over the fields but the stamp, in order
+        extra.append((HASH, f"hash({', '.join(moved[f.name] for f in feed.fields if f.name != feed.stamp)})"))
     with duckdb.connect(db) as conn, bar(rows, f"pre-filling {feed_name}", "row") as b:
         conn.execute(f"CREATE TEMP TABLE fill_base AS SELECT i AS __i, {exprs} FROM range(1, {chunk + 1}) t(i)")
         for off in range(0, rows, chunk):
             n = min(chunk, rows - off)
-            conn.execute(f"INSERT INTO {table_name(feed)} ({', '.join(names)}, {POS}) "
-                         f"SELECT {moved}, 0 FROM fill_base WHERE __i <= {n}", {"off": off})
+            conn.execute(f"INSERT INTO {table_name(feed)} ({', '.join(names + [c for c, _ in extra])}) "
+                         f"SELECT {', '.join(list(moved.values()) + [e for _, e in extra])} "
+                         f"FROM fill_base WHERE __i <= {n}", {"off": off})
             b.update(n)
         conn.execute("CHECKPOINT")
     return {"secs": time.perf_counter() - started, "bytes": os.path.getsize(db)}

@@ -160,6 +160,11 @@ def test_prefill_makes_every_feed_field_and_an_exact_window(tmp_path: Path) -> N
                                 + " FROM feed_players").fetchone()
         assert n == ids == 1000
         assert nulls is not None and all(c > 0 for c in nulls)  # every field gets values
+        content = ", ".join(f'"{f.name}"' for f in feed.fields if f.name != feed.stamp)
+        with store.cursor() as cur:  # the stored content hash is the one the materializer compares
+            stale = cur.execute(f"SELECT count(*) FROM feed_players WHERE _fs_hash IS DISTINCT FROM hash({content})"
+                                ).fetchone()
+        assert stale == (0,)
         start, end, expect = scale.window_of(1000, 100)
         body = b"".join(csv_chunks(store, feed, start, end))
         assert body.count(b"\n") - 1 == expect == 100
