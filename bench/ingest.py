@@ -150,7 +150,8 @@ def measure(ctx: Context, fixture: capture.Fixture, events: int, runs: int, rep:
     rep.sizes[f"{label} MB"] = round(mb, 1)
     if f["quarantined"]:
         rep.note(f"{label}: {f['quarantined']} events were quarantined (expected 0): the figure is suspect.")
-    rep.note(f"{label}: feed rows after the run: {f['rows']}; best of {runs} run(s) per side.")
+    rows = ", ".join(f"{feed} {n:,}" for feed, n in f["rows"].items() if n) or "none"
+    rep.note(f"{label}: feed rows after the run: {rows}; best of {runs} run(s) per side.")
     return {"baseline": b, "feedstore": f}
 
 

@@ -99,7 +99,7 @@ def fill(db: str, mapping: str, rows: int, feed_name: str = "players", chunk: in
                       for k, (f, n) in enumerate(zip(feed.fields, names, strict=True)))
     moved = {
         f.name: f"CAST(__i + $off AS {'VARCHAR' if f.type == 'string' else 'BIGINT'})" if f.name in feed.key
-        else f"{n} + to_microseconds($off * {STEP_US})" if f.name == feed.stamp else n
+        else f"{n} + to_microseconds(CAST($off AS BIGINT) * {STEP_US})" if f.name == feed.stamp else n
         for f, n in zip(feed.fields, names, strict=True)}
     extra = [(POS, "0")]
     if HASH:  # the content hash the materializer compares, over the fields but the stamp, in order

@@ -59,6 +59,11 @@ _I, _OP, _POS = "__fs_i", "__fs_op", "__fs_pos"
 _SUMS = ("bet_count", "win_count", "bet_amount", "win_amount")
 _NUMERIC = (*_SUMS, "created_at", "updated_at")
 _EXAMPLE_CHARS = 200
+# The casino writer's own columns on the session table (after the store's): the session
+# key's hash, what a batch finds its sessions by; and a lower bound of its actions'
+# stamps (the first batch's), which limits the scan for all of a session's actions to
+# the row groups since then (the actions table is in stamp order).
+SH, FIRST = "_fs_sh", "_fs_first"
 
 
 def key_hash(sql: str) -> str:
@@ -97,9 +102,13 @@ def ensure_schema(store: Store) -> None:
     if am is None:
         return
     cols = [f"{q(n)} {t}" for n, t in _CORE] + [f"{q(f.name)} {STORE_TYPES[f.type]}" for f in _extra(am)]
+    t = table_name(am.feed)
     with store.writer() as cur:
         cur.execute(f"CREATE TABLE IF NOT EXISTS {ACTIONS} ({', '.join(cols)})")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {TOUCHES} (stamp TIMESTAMP NOT NULL, session_id VARCHAR NOT NULL)")
+        cur.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {SH} UBIGINT")
+        cur.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {FIRST} TIMESTAMP")
+        cur.execute(f"UPDATE {t} SET {SH} = hash(session_id) WHERE {SH} IS NULL")
 
 
 def window_filter(alias: str) -> str:
@@ -122,6 +131,28 @@ def window_select(feed: Feed, select: str, alias: str) -> str:
 RUNS_SQL = "SELECT CAST($start AS TIMESTAMP), CAST($end AS TIMESTAMP) WHERE $rows > 0"
 
 
+def carry_stamps(cur: duckdb.DuckDBPyConnection, mapping: Mapping, fresh: datetime, live: str = "live") -> None:
+    """A rebuild's last step for this feed (materializer/rebuild.py, the live file attached
+    as ``live``): the windows a session appears in come from the touches, so sessions
+    whose row equals the live file's keep the live touches (and first stamp), and every
+    other session gets one touch at ``fresh``, the stamp its rebuilt row got, so only
+    what the rebuild changed reaches the CRM's next window."""
+    am = actions_mapping(mapping)
+    if am is None:
+        return
+    t = table_name(am.feed)
+    same = " AND ".join(f"l.{q(f.name)} IS NOT DISTINCT FROM r.{q(f.name)}"
+                        for f in am.feed.fields if f.name != am.feed.stamp)
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_same AS SELECT r.session_id, l.{FIRST} AS first FROM {t} r "
+                f"JOIN {live}.{t} l USING (session_id) WHERE {same}")
+    cur.execute(f"UPDATE {t} SET {FIRST} = s.first FROM fs_cas_same s WHERE {t}.session_id = s.session_id")
+    cur.execute(f"DELETE FROM {TOUCHES}")
+    cur.execute(f"INSERT INTO {TOUCHES} SELECT stamp, session_id FROM {live}.{TOUCHES} "
+                "WHERE session_id IN (SELECT session_id FROM fs_cas_same) ORDER BY stamp")
+    cur.execute(f"INSERT INTO {TOUCHES} SELECT $fresh, session_id FROM {t} "
+                "WHERE session_id NOT IN (SELECT session_id FROM fs_cas_same)", {"fresh": fresh})
+
+
 # --------------------------------------------------------------------------- one batch
 
 def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: datetime,
@@ -142,19 +173,13 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
     def select(values: dict[str, str]) -> str:
         return ", ".join(f"{values[c]} AS {q(c)}" for c in cols)
 
-    # The newest valid event per key, then the stored rows of those keys, then what
-    # each key's row becomes.
-    latest = "fs_cas_m"  # usually: every key once, every event valid
-    if rejects or ops or scalar(cur, "SELECT count(*) - count(DISTINCT action_key) FROM fs_cas_m"):
-        latest = "fs_cas_latest"
-        cur.execute(
-            f"CREATE OR REPLACE TEMP TABLE fs_cas_latest AS SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT "
-            f"arg_max({_I}, ({_POS}::HUGEINT << 32) + {_I}) FROM fs_cas_m WHERE __fs_missing IS NULL {ops} "
-            "GROUP BY action_key)")
-    _fetch(cur, "fs_cas_old", "kh", latest, "action_key")
+    # The stored rows of the batch's keys (looked up for every event: a superset does
+    # no harm), the newest valid event per key, and what each key's row becomes.
+    _fetch(cur, "fs_cas_old", "kh", "fs_cas_m", "action_key")
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_cas_new AS "
-        f"WITH latest AS (SELECT * FROM {latest}), old AS (SELECT * FROM fs_cas_old) "
+        f"WITH latest AS (SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT arg_max({_I}, ({_POS}::HUGEINT << 32) + {_I}) "
+        f"FROM fs_cas_m WHERE __fs_missing IS NULL {ops} GROUP BY action_key)), old AS (SELECT * FROM fs_cas_old) "
         f"SELECT o.__fs_rid, o.session_id AS __fs_old_session, {select(new)} "
         "FROM latest m LEFT JOIN old o ON o.action_key = m.action_key "
         f"WHERE m.{_OP} <> 'd' AND (o.__fs_rid IS NULL OR (m.{_POS} >= o.{POS} AND (o.deleted OR {differs}))) "
@@ -198,23 +223,41 @@ def _update_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed) -> int:
     t = table_name(feed)
     # The stored rows of the touched sessions, fetched in two passes as in _fetch.
     cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_srids AS SELECT rowid AS rid FROM {t} "
-                "WHERE session_id IN (SELECT session_id FROM fs_cas_touched)")
+                f"WHERE {SH} IN (SELECT sh FROM fs_cas_touched)")
     cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_state AS SELECT f.rowid AS __fs_rid, f.* FROM {t} f "
-                "WHERE f.rowid IN (SELECT rid FROM fs_cas_srids)")
-    # _fs_pos of a session row: the latest source position among its live actions (NULL: none).
+                "WHERE f.rowid IN (SELECT rid FROM fs_cas_srids) "
+                "AND f.session_id IN (SELECT session_id FROM fs_cas_touched)")
+    text = [f.name for f in feed.fields if f.name not in feed.key and f.name not in _NUMERIC and f.name != feed.stamp]
+    # Changed actions that leave everything but the numbers as they were (an amount
+    # corrected, a bet cancelled by a status): same session, own time and text, text
+    # that the session row already shows; they count as their difference.
+    same = " AND ".join(f"o.{q(n)} IS NOT DISTINCT FROM n.{q(n)} AND (n.{q(n)} IS NULL OR n.{q(n)} = s.{q(n)})"
+                        for n in text)
+    cur.execute(
+        "CREATE OR REPLACE TEMP TABLE fs_cas_inplace AS SELECT n.__fs_rid FROM fs_cas_new n "
+        "JOIN fs_cas_old o ON o.__fs_rid = n.__fs_rid JOIN fs_cas_state s ON s.session_id = n.session_id "
+        f"WHERE NOT n.deleted AND NOT o.deleted AND o.session_id = n.session_id AND o.acted_at = n.acted_at "
+        f"AND s.{POS} IS NOT NULL AND {same}")
+    # Every other change of a stored action, and new actions not later than all their
+    # session had (_fs_pos of a session row: the latest position among its live
+    # actions; NULL when it has none), make the session's row be recomputed.
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_cas_redo AS SELECT session_id, hash(session_id) AS sh FROM ("
-        "SELECT session_id FROM fs_cas_new WHERE __fs_rid IS NOT NULL UNION "
-        "SELECT __fs_old_session FROM fs_cas_new WHERE __fs_rid IS NOT NULL UNION "
-        "SELECT n.session_id FROM fs_cas_new n JOIN fs_cas_state s USING (session_id) "
-        f"WHERE s.{POS} IS NULL OR n.acted_at < s.updated_at "
-        f"OR (n.acted_at = s.updated_at AND n.{POS} <= s.{POS}))")
-    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_delta AS {_aggregate_sql(feed, 'fs_cas_new')} "
+        "SELECT session_id FROM fs_cas_new WHERE __fs_rid IS NOT NULL "
+        "AND __fs_rid NOT IN (SELECT __fs_rid FROM fs_cas_inplace) UNION "
+        "SELECT __fs_old_session FROM fs_cas_new WHERE __fs_rid IS NOT NULL "
+        "AND __fs_rid NOT IN (SELECT __fs_rid FROM fs_cas_inplace) UNION "
+        "SELECT n.session_id FROM fs_cas_new n JOIN fs_cas_state s USING (session_id) WHERE n.__fs_rid IS NULL "
+        f"AND (s.{POS} IS NULL OR n.acted_at < s.updated_at OR (n.acted_at = s.updated_at AND n.{POS} <= s.{POS})))")
+    changes = ("(SELECT * FROM fs_cas_new UNION ALL BY NAME SELECT o.* REPLACE ("
+               + ", ".join(f"-o.{c} AS {c}" for c in ("bets", "wins", "bet_amount", "win_amount"))
+               + ") FROM fs_cas_old o WHERE o.__fs_rid IN (SELECT __fs_rid FROM fs_cas_inplace))")
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_delta AS {_aggregate_sql(feed, changes)} "
                 "HAVING a.session_id NOT IN (SELECT session_id FROM fs_cas_redo)")
     # Sessions extended: numbers always; text columns only where the newest value differs.
-    text = [f.name for f in feed.fields if f.name not in feed.key and f.name not in _NUMERIC and f.name != feed.stamp]
     later = {n: f"s.{q(n)} + d.{q(n)}" for n in _SUMS} | {
-        "updated_at": "d.updated_at", feed.stamp: f"d.{q(feed.stamp)}", POS: f"greatest(s.{POS}, d.{POS})"}
+        "updated_at": "greatest(s.updated_at, d.updated_at)", feed.stamp: f"d.{q(feed.stamp)}",
+        POS: f"greatest(s.{POS}, d.{POS})"}
     both = "FROM fs_cas_delta d JOIN fs_cas_state s USING (session_id)"
     cur.execute(f"UPDATE {t} SET {', '.join(f'{q(n)} = c.{q(n)}' for n in later)} FROM (SELECT s.__fs_rid, "
                 f"{', '.join(f'{v} AS {q(n)}' for n, v in later.items())} {both}) c WHERE {t}.rowid = c.__fs_rid")
@@ -222,7 +265,7 @@ def _update_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed) -> int:
     cur.execute(f"UPDATE {t} SET {', '.join(f'{q(n)} = c.{q(n)}' for n in text)} FROM (SELECT s.__fs_rid, "
                 f"{', '.join(f'coalesce(d.{q(n)}, s.{q(n)}) AS {q(n)}' for n in text)} {both} WHERE {differs}) c "
                 f"WHERE {t}.rowid = c.__fs_rid")
-    cols = ", ".join(q(n) for n in [*(f.name for f in feed.fields), POS])
+    cols = ", ".join(q(n) for n in [*(f.name for f in feed.fields), POS, SH, FIRST])
     written = int(scalar(cur, f"INSERT INTO {t} ({cols}) SELECT {cols} FROM fs_cas_delta "
                               "WHERE session_id NOT IN (SELECT session_id FROM fs_cas_state)"))
     written += int(scalar(cur, "SELECT count(*) FROM fs_cas_delta WHERE session_id IN "
@@ -232,7 +275,8 @@ def _update_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed) -> int:
     return written
 
 
-def _fetch(cur: duckdb.DuckDBPyConnection, into: str, hashed: str, probe: str, exact: str) -> None:
+def _fetch(cur: duckdb.DuckDBPyConnection, into: str, hashed: str, probe: str, exact: str,
+           since: datetime | None = None) -> None:
     """Stored actions whose ``hashed`` column matches table ``probe``'s and whose
     ``exact`` column then matches too, with their rowid, into temp table ``into``.
 
@@ -240,10 +284,12 @@ def _fetch(cur: duckdb.DuckDBPyConnection, into: str, hashed: str, probe: str, e
     even when a pushed-down Bloom filter rejects most of them: first the rowids, from
     one 64-bit column (the probe must be a table, not a CTE, for the Bloom filter to be
     pushed at all), then only those rows, fetched by rowid. Measured at 10M actions:
-    ~70 ms of CPU instead of ~500 ms for a batch's 20,000 keys.
+    ~70 ms of CPU instead of ~500 ms for a batch's 20,000 keys. ``since``, a lower bound
+    of the wanted rows' stamps, lets the zone maps skip the row groups before it.
     """
     cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_rids AS SELECT rowid AS rid FROM {ACTIONS} "
-                f"WHERE {hashed} IN (SELECT {hashed} FROM {probe})")
+                f"WHERE {hashed} IN (SELECT {hashed} FROM {probe}) AND ($since IS NULL OR stamp >= $since)",
+                {"since": since})
     cur.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT a.rowid AS __fs_rid, a.* FROM {ACTIONS} a "
                 f"WHERE a.rowid IN (SELECT rid FROM fs_cas_rids) AND a.{exact} IN (SELECT {exact} FROM {probe})")
 
@@ -253,14 +299,18 @@ def refresh_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed, touched: str, *
     their actions, replacing the stored rows (found by rowid in table ``state``, when
     given); sessions left with no action lose their row. Returns the rows written."""
     t = table_name(feed)
-    _fetch(cur, "fs_cas_acts", "sh", touched, "session_id")
+    since = None
+    if state is not None:  # the stored sessions' actions are all stamped at or after their first
+        since = scalar(cur, f"SELECT CASE WHEN count(*) = count(s.{FIRST}) THEN min(s.{FIRST}) END FROM {touched} r "
+                            f"LEFT JOIN {state} s USING (session_id)")
+    _fetch(cur, "fs_cas_acts", "sh", touched, "session_id", since)
     cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_agg AS {_aggregate_sql(feed, 'fs_cas_acts')}")
     if state is not None:
         cur.execute(f"DELETE FROM {t} WHERE rowid IN (SELECT __fs_rid FROM {state} "
                     f"WHERE session_id IN (SELECT session_id FROM {touched}))")
     else:
         cur.execute(f"DELETE FROM {t} WHERE session_id IN (SELECT session_id FROM {touched})")
-    cols = ", ".join(q(n) for n in [*(f.name for f in feed.fields), POS])
+    cols = ", ".join(q(n) for n in [*(f.name for f in feed.fields), POS, SH, FIRST])
     # In first-action order, as sessions arrive: recent sessions stay in the last row groups.
     return int(scalar(cur, f"INSERT INTO {t} ({cols}) SELECT {cols} FROM fs_cas_agg ORDER BY created_at"))
 
@@ -287,6 +337,7 @@ def _aggregate_sql(feed: Feed, actions: str) -> str:
         else:  # arg_max skips NULL values: the latest action that has one
             out.append(f"arg_max(a.{q(f.name)}, a.__fs_ord) AS {q(f.name)}")
     out.append(f"max(a.{POS}) FILTER (WHERE NOT a.deleted) AS {POS}")
+    out += [f"hash(a.session_id) AS {SH}", f"min(a.stamp) AS {FIRST}"]
     # Live before deleted, then by own time, then by source position (below 2^60), as one
     # HUGEINT: arg_max over a struct key costs ~3x more. Products, not shifts, as DuckDB
     # refuses to shift the negative microseconds of times before 1970.
@@ -336,11 +387,14 @@ def _map_sql(am: ActionsMapping) -> str:
                "the actions key expression must read only primary-key columns (a delete carries only those, "
                "unless REPLICA IDENTITY FULL)' END "
                f"ELSE 'required field(s) empty or invalid: ' || NULLIF(concat_ws('; ', {', '.join(live)}), '') END")
+    optional = [n for n, (name, f, _) in enumerate(values)
+                if not f.required and not name.startswith("__fs_in_") and checks[n].reason]
     emptied = [
-        f"CASE WHEN {q(name)} IS NULL AND {checks[n].present} THEN struct_pack(field := {lit(f.name)}, "
-        f"reason := {lit(checks[n].reason)}, example := left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})) END"
-        for n, (name, f, _) in enumerate(values) if not f.required and not name.startswith("__fs_in_")
-        and checks[n].reason]
+        f"CASE WHEN {q(values[n][0])} IS NULL AND {checks[n].present} THEN struct_pack(field := "
+        f"{lit(values[n][1].name)}, reason := {lit(checks[n].reason)}, "
+        f"example := left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})) END" for n in optional]
+    # The list only for the rare rows that need it: building one per row costs ~10%.
+    any_emptied = " OR ".join(f"({q(values[n][0])} IS NULL AND {checks[n].present})" for n in optional)
 
     def count(side: str) -> str:
         if side in acts:
@@ -360,7 +414,8 @@ def _map_sql(am: ActionsMapping) -> str:
         f"CAST({count('bet')} AS BIGINT) AS bets, CAST({count('win')} AS BIGINT) AS wins, "
         f"CAST({amount('bet')} AS DECIMAL(38,8)) AS bet_amount, "
         f"CAST({amount('win')} AS DECIMAL(38,8)) AS win_amount, "
-        f"{missing} AS __fs_missing, {'[' + ', '.join(emptied) + ']' if emptied else 'NULL'} AS __fs_invalid "
+        f"{missing} AS __fs_missing, "
+        f"{f'CASE WHEN {any_emptied} THEN [' + ', '.join(emptied) + '] END' if emptied else 'NULL'} AS __fs_invalid "
         "FROM n")
 
 
@@ -385,5 +440,5 @@ def _count_invalid(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: da
                     extra={"feed": feed, "field": name, "reason": reason, "count": n})
 
 
-__all__ = ["ACTIONS", "FEED", "RUNS_SQL", "TOUCHES", "actions_mapping", "key_hash", "apply_actions", "ensure_schema",
-           "refresh_sessions", "window_filter", "window_select"]
+__all__ = ["ACTIONS", "FEED", "RUNS_SQL", "TOUCHES", "actions_mapping", "apply_actions", "carry_stamps",
+           "ensure_schema", "key_hash", "refresh_sessions", "window_filter", "window_select"]

@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 
 from cdc.consumer import BatchPolicy, Consumer
-from materializer import StoreError
+from materializer import StoreError, casino
 from materializer.apply import Materializer
 from materializer.stamp import TICK, utc_now
 from materializer.store import POS, Store, q, table_name
@@ -85,6 +85,7 @@ def carry_stamps(materializer: Materializer, live: Path) -> dict[str, int]:
                     f"UPDATE {t} SET {q(feed.stamp)} = l.{q(feed.stamp)} FROM live.{t} l WHERE {on} AND {same}"
                 ).fetchall()
                 carried[name] = int(n[0][0]) if n else 0
+            casino.carry_stamps(cur, store.mapping, fresh)  # its windows come from its touches, carried too
             cur.execute("INSERT OR REPLACE INTO fs_meta VALUES ('last_stamp', ?)", [fresh.isoformat()])
             # The live file's fence: no stamp may land in a window it already served.
             cur.execute("INSERT OR REPLACE INTO fs_meta SELECT name, value FROM live.fs_meta "

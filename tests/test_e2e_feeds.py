@@ -244,6 +244,9 @@ def scenario(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Ite
             ("insert", insert_all), ("update", update_all), ("delete", delete_all)]
         with psycopg.connect(stack.dsn, autocommit=True) as conn, conn.cursor() as cur:
             for phase, write in phases:
+                # Stamps are served to the second: start each phase in a new second, so a
+                # row that moved shows a later modified_at, not the same one.
+                time.sleep(1 - utc_now().microsecond / 1e6 + 0.01)
                 wanted = write(cur, s)
                 wait_committed(stack.bootstrap, tail.find(wanted), log)
                 s.phases[phase] = pull_all(served, s)
