@@ -10,16 +10,18 @@ What is measured (issue 4), in fresh processes so each peak RSS is its own:
    realistic column widths; sessions start evenly over 24 hours, so one hour's window
    touches ~50,000 sessions; stamps follow the actions' own times by ~2 s, at batch
    granularity (100 ms).
-2. *Pull*: that one-hour window through ``materializer.export.csv_chunks`` (what the API
+2. *Pull*: a one-hour window (the hour before the last stored hour, as InTarget pulls
+   the hour that just closed) through ``materializer.export.csv_chunks`` (what the API
    streams) and over HTTP (the Falcon app under a WSGI server), against, in the same
    run, (a) a plain DuckDB ``GROUP BY`` of the same sessions' actions from the same
    table and (b) the three steps computed per pull (the design not taken), written by
-   DuckDB's own ``COPY``.
+   DuckDB's own ``COPY``; and a mid-history hour through ``csv_chunks``.
 3. *Ingest*: Debezium-shaped JSON records (schema-embedded, as the JsonConverter writes
    them for ``game_actions``: tests/test_casino_e2e.py checks the schema against a real
    captured one) through ``Materializer.apply`` in batches of 20,000, decoding
    included, into the 10M-action store; then a second set through the broker (tansu)
-   and the real consumer (``feedstore.service`` wiring). The mix per 100 events: 85 new
+   and the real consumer (``feedstore.service`` wiring, batches filled for up to 1 s).
+   Process CPU time is reported next to wall time. The mix per 100 events: 85 new
    actions (bets, wins) of active sessions (1 in 5 a new session), 5 rollback rows, 3
    amount corrections, 5 updates of a column no feed carries, 2 deletes. Baseline: the
    same events decoded only (``cdc.decode``), the floor of any design.
