@@ -228,8 +228,8 @@ class Materializer:
                 cur.register("fs_resend", pa.table({_I: pa.array(resend, pa.int64())}))
             for fm in self.mapping.for_topic(topic):
                 if isinstance(fm, ActionsMapping):  # game actions, aggregated per session (materializer/casino.py)
-                    rejects += [_Reject(i, why, fm.feed.name)
-                                for i, why in apply_actions(cur, fm, stamp, result.changed, result.invalid)]
+                    rejects += [_Reject(i, why, fm.feed.name) for i, why in apply_actions(
+                        cur, fm, stamp, result.changed, result.invalid, bool(resend))]
                     continue
                 rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.schema.to_string(), absent, any(
                     d.change.op == "d" for d in group), bool(resend)), self._raw_types)

@@ -156,14 +156,18 @@ def carry_stamps(cur: duckdb.DuckDBPyConnection, mapping: Mapping, fresh: dateti
 # --------------------------------------------------------------------------- one batch
 
 def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: datetime,
-                  changed: MutableMapping[str, int], invalid: MutableMapping[str, int]) -> list[tuple[int, str]]:
+                  changed: MutableMapping[str, int], invalid: MutableMapping[str, int],
+                  resend: bool = False) -> list[tuple[int, str]]:
     """Apply the staged events (``fs_stage``) of the actions table; returns rejects as
-    (event index, reason). Runs inside the batch's transaction, with its stamp."""
+    (event index, reason). Runs inside the batch's transaction, with its stamp.
+
+    ``resend`` (``feedstore replay --resend``): table ``fs_resend`` lists the events whose
+    sessions must reach the CRM again, changed or not.
+    """
     feed = am.feed.name
     cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_m AS {_map_sql(am)}")
     rejects = [(i, f"feed {feed}: {reason}") for i, reason in cur.execute(
         f"SELECT {_I}, __fs_missing FROM fs_cas_m WHERE __fs_missing IS NOT NULL ORDER BY {_I}").fetchall()]
-    _count_invalid(cur, am, stamp, invalid)
     ops = "" if am.on_delete == "remove" else f"AND {_OP} <> 'd'"
     cols = _columns(am)
     new = {c: f"m.{q(c)}" for c in cols} | {"stamp": "$stamp", POS: f"m.{_POS}", "deleted": "FALSE"}
@@ -176,6 +180,7 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
     # The stored rows of the batch's keys (looked up for every event: a superset does
     # no harm), the newest valid event per key, and what each key's row becomes.
     _fetch(cur, "fs_cas_old", "kh", "fs_cas_m", "action_key")
+    _count_invalid(cur, am, stamp, invalid)
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_cas_new AS "
         f"WITH latest AS (SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT arg_max({_I}, ({_POS}::HUGEINT << 32) + {_I}) "
@@ -202,7 +207,28 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
             "SELECT __fs_old_session FROM fs_cas_new WHERE __fs_old_session IS NOT NULL)")
         changed[feed] += _update_sessions(cur, am.feed)
         cur.execute(f"INSERT INTO {TOUCHES} SELECT $stamp, session_id FROM fs_cas_touched", {"stamp": stamp})
+    if resend:
+        changed[feed] += _resend(cur, am.feed, stamp, bool(moved))
     return rejects
+
+
+def _resend(cur: duckdb.DuckDBPyConnection, feed: Feed, stamp: datetime, touched: bool) -> int:
+    """Stamp the stored actions of the resent events and their sessions with this batch's
+    stamp, so the sessions are in the next window; returns the sessions not already
+    written by this batch."""
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_rkeys AS SELECT DISTINCT m.kh, m.action_key FROM fs_cas_m m "
+                f"JOIN fs_resend r ON m.{_I} = r.{_I} WHERE m.__fs_missing IS NULL OR m.{_OP} = 'd'")
+    _fetch(cur, "fs_cas_rs", "kh", "fs_cas_rkeys", "action_key")
+    cur.execute(f"UPDATE {ACTIONS} SET stamp = $stamp WHERE rowid IN (SELECT __fs_rid FROM fs_cas_rs) "
+                "AND stamp <> $stamp", {"stamp": stamp})
+    done = "SELECT session_id FROM fs_cas_touched" if touched else "SELECT NULL WHERE FALSE"
+    cur.execute("CREATE OR REPLACE TEMP TABLE fs_cas_again AS SELECT DISTINCT session_id, hash(session_id) AS sh "
+                f"FROM fs_cas_rs WHERE session_id NOT IN ({done})")
+    t = table_name(feed)
+    n = int(scalar(cur, f"UPDATE {t} SET {q(feed.stamp)} = $stamp WHERE {SH} IN (SELECT sh FROM fs_cas_again) "
+                        "AND session_id IN (SELECT session_id FROM fs_cas_again)", {"stamp": stamp}))
+    cur.execute(f"INSERT INTO {TOUCHES} SELECT $stamp, session_id FROM fs_cas_again", {"stamp": stamp})
+    return n
 
 
 def _update_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed) -> int:
@@ -421,10 +447,12 @@ def _map_sql(am: ActionsMapping) -> str:
 
 def _count_invalid(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: datetime,
                    invalid: MutableMapping[str, int]) -> None:
-    """Optional values given but invalid were emitted empty: count them in fs_field_errors."""
+    """Optional values given but invalid were emitted empty: count them in fs_field_errors,
+    for the events newer than the stored action only (a replay must not count twice)."""
     counts = cur.execute(
-        "SELECT e.field, e.reason, count(*), max(e.example) FROM (SELECT unnest(__fs_invalid) AS e FROM fs_cas_m "
-        f"WHERE {_OP} <> 'd' AND __fs_missing IS NULL AND __fs_invalid IS NOT NULL) WHERE e IS NOT NULL "
+        "SELECT e.field, e.reason, count(*), max(e.example) FROM (SELECT unnest(m.__fs_invalid) AS e FROM fs_cas_m m "
+        f"LEFT JOIN fs_cas_old o ON o.action_key = m.action_key WHERE m.{_OP} <> 'd' AND m.__fs_missing IS NULL "
+        f"AND m.__fs_invalid IS NOT NULL AND (o.__fs_rid IS NULL OR m.{_POS} > o.{POS})) WHERE e IS NOT NULL "
         "GROUP BY ALL ORDER BY ALL").fetchall()
     if not counts:
         return

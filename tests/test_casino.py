@@ -514,3 +514,38 @@ def test_bench_envelopes_decode_as_debezium_ones_do(mapping: Mapping) -> None:
     assert change is not None and change.op == "c" and change.position == 4242 and change.key == {"id": 9}
     assert change.after is not None and change.after["amount"] == Decimal("-12.34")
     assert change.after["created"] == datetime(2025, 1, 2, 2, 4, 5)  # Malta wall clock to UTC
+
+
+def test_replay_resend_sends_the_replayed_sessions_again(client, materializer: Materializer, store: Store, clock,
+                                                         src: Source) -> None:
+    """``feedstore replay --resend``: the sessions of the replayed events (only those) are
+    in the next window again, unchanged; a plain replay moves nothing."""
+    from materializer.replay import rewind
+
+    tp = (TOPIC, 0)
+    log = [src.insert(i, sid, "BET", str(i), OWN) for i, sid in ((1, "a"), (2, "b"), (3, "c"))]
+    at_hour(clock, 0)
+    materializer.apply(log, {tp: 3})
+    before = pull(client, *hour(0))
+    at_hour(clock, 1)
+    rewind(store, {tp: 0}, {tp: 3}, resend=False)
+    materializer.apply(log, {tp: 3})
+    assert pull(client, *hour(1)) == {}
+    rewind(store, {tp: 1}, {tp: 3}, resend=True)
+    materializer.reload_resend()
+    at_hour(clock, 2)
+    result = materializer.apply(log[1:], {tp: 3})
+    again = pull(client, *hour(2))
+    assert set(again) == {"b", "c"} and result.changed["casino_activity"] == 2
+    assert {k: agg(v) for k, v in again.items()} == {k: agg(before[k]) for k in ("b", "c")}
+    assert set(pull(client, *hour(0))) == {"a", "b", "c"}  # the windows they were in keep them
+
+
+def test_replayed_invalid_values_are_counted_once(materializer: Materializer, store: Store, clock,
+                                                  src: Source) -> None:
+    bad = src.insert(1, "s", "BET", "1", OWN, client_ip="not-an-ip")
+    at_hour(clock, 0)
+    materializer.apply([bad], {})
+    materializer.apply([bad], {})
+    with store.cursor() as cur:
+        assert cur.execute("SELECT count FROM fs_field_errors WHERE feed = 'casino_activity'").fetchall() == [(1,)]
