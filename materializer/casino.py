@@ -132,25 +132,44 @@ RUNS_SQL = "SELECT CAST($start AS TIMESTAMP), CAST($end AS TIMESTAMP) WHERE $row
 
 
 def carry_stamps(cur: duckdb.DuckDBPyConnection, mapping: Mapping, fresh: datetime, live: str = "live") -> None:
-    """A rebuild's last step for this feed (materializer/rebuild.py, the live file attached
-    as ``live``): the windows a session appears in come from the touches, so sessions
-    whose row equals the live file's keep the live touches (and first stamp), and every
-    other session gets one touch at ``fresh``, the stamp its rebuilt row got, so only
-    what the rebuild changed reaches the CRM's next window."""
+    """``feedstore rebuild``'s last step for this feed (materializer/rebuild.py; the new
+    file is ``main``, the live one attached as ``live``): the windows a session appears in
+    come from its touches, so those are carried like the other feeds' stamps."""
+    am = actions_mapping(mapping)
+    if am is None or not final_touches(cur, mapping, fresh, live=live, rebuilt="main"):
+        return
+    t = table_name(am.feed)
+    cur.execute(f"UPDATE {t} SET {FIRST} = s.first FROM (SELECT l.session_id, l.{FIRST} AS first "
+                f"FROM {live}.{t} l JOIN fs_cas_same USING (session_id)) s WHERE {t}.session_id = s.session_id")
+    install_touches(cur)
+
+
+def final_touches(cur: duckdb.DuckDBPyConnection, mapping: Mapping, stamp: datetime, *, live: str,
+                  rebuilt: str) -> bool:
+    """For installing a rebuilt store (schemas ``live`` and ``rebuilt``): the touches it
+    must have, into temp table ``fs_cas_touches``. Sessions whose rebuilt row equals the
+    live one keep their live touches, so they stay in the windows they were in; every
+    other session gets one touch at ``stamp``, the stamp its rebuilt row gets, so
+    exactly what the rebuild changed reaches the CRM's next window. False: no casino feed."""
     am = actions_mapping(mapping)
     if am is None:
-        return
+        return False
     t = table_name(am.feed)
     same = " AND ".join(f"l.{q(f.name)} IS NOT DISTINCT FROM r.{q(f.name)}"
                         for f in am.feed.fields if f.name != am.feed.stamp)
-    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_same AS SELECT r.session_id, l.{FIRST} AS first FROM {t} r "
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_same AS SELECT r.session_id FROM {rebuilt}.{t} r "
                 f"JOIN {live}.{t} l USING (session_id) WHERE {same}")
-    cur.execute(f"UPDATE {t} SET {FIRST} = s.first FROM fs_cas_same s WHERE {t}.session_id = s.session_id")
-    cur.execute(f"DELETE FROM {TOUCHES}")
-    cur.execute(f"INSERT INTO {TOUCHES} SELECT stamp, session_id FROM {live}.{TOUCHES} "
-                "WHERE session_id IN (SELECT session_id FROM fs_cas_same) ORDER BY stamp")
-    cur.execute(f"INSERT INTO {TOUCHES} SELECT $fresh, session_id FROM {t} "
-                "WHERE session_id NOT IN (SELECT session_id FROM fs_cas_same)", {"fresh": fresh})
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE fs_cas_touches AS SELECT stamp, session_id FROM {live}.{TOUCHES} "
+                "WHERE session_id IN (SELECT session_id FROM fs_cas_same) UNION ALL "
+                f"SELECT $stamp, session_id FROM {rebuilt}.{t} WHERE session_id NOT IN "
+                "(SELECT session_id FROM fs_cas_same)", {"stamp": stamp})
+    return True
+
+
+def install_touches(cur: duckdb.DuckDBPyConnection) -> None:
+    """Replace the store's touches with ``fs_cas_touches`` (see :func:`final_touches`)."""
+    cur.execute(f"DELETE FROM main.{TOUCHES}")
+    cur.execute(f"INSERT INTO main.{TOUCHES} SELECT stamp, session_id FROM fs_cas_touches ORDER BY stamp")
 
 
 # --------------------------------------------------------------------------- one batch
@@ -419,7 +438,7 @@ def _map_sql(am: ActionsMapping) -> str:
         f"CASE WHEN {q(values[n][0])} IS NULL AND {checks[n].present} THEN struct_pack(field := "
         f"{lit(values[n][1].name)}, reason := {lit(checks[n].reason)}, "
         f"example := left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})) END" for n in optional]
-    # The list only for the rare rows that need it: building one per row costs ~10%.
+    # The list of emptied values only for the (rare) rows that have one.
     any_emptied = " OR ".join(f"({q(values[n][0])} IS NULL AND {checks[n].present})" for n in optional)
 
     def count(side: str) -> str:
@@ -469,4 +488,5 @@ def _count_invalid(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: da
 
 
 __all__ = ["ACTIONS", "FEED", "RUNS_SQL", "TOUCHES", "actions_mapping", "apply_actions", "carry_stamps",
-           "ensure_schema", "key_hash", "refresh_sessions", "window_filter", "window_select"]
+           "ensure_schema", "final_touches", "install_touches", "key_hash", "refresh_sessions", "window_filter",
+           "window_select"]

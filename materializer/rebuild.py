@@ -127,6 +127,7 @@ def adopt(store: Store, rebuilt: Path) -> dict[str, int]:
             tables = [r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'nb' "
                                                 "AND NOT temporary").fetchall()]
             cur.begin()
+            touches = casino.final_touches(cur, store.mapping, stamp, live="main", rebuilt="nb")  # before the copy
             for t in tables:
                 if t in KEEP:
                     continue
@@ -148,6 +149,8 @@ def adopt(store: Store, rebuilt: Path) -> dict[str, int]:
                 cur.execute(f"DELETE FROM main.{t}")
                 cur.execute(f"INSERT INTO main.{t} BY NAME SELECT * FROM fs_rebuilt")
             cur.execute("DROP TABLE IF EXISTS fs_rebuilt")
+            if touches:  # casino_activity's windows come from its touches: carried like the stamps
+                casino.install_touches(cur)
             cur.execute("DELETE FROM fs_meta WHERE name = 'resend_until'")
             cur.execute("INSERT OR REPLACE INTO fs_meta VALUES ('last_stamp', ?)", [stamp.isoformat()])
             cur.commit()
