@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -38,7 +38,6 @@ class Service:
     consumer: Consumer | None = None
     thread: threading.Thread | None = None
     materializer: Materializer | None = None
-    events: int = field(default=0)
     metrics: Metrics | None = None  # set by api.app.get_app; batches are counted and timed into it
 
     @classmethod
@@ -71,7 +70,6 @@ class Service:
             except StoreError as ex:
                 log.error("reopening the store failed; will retry", extra={"error": str(ex)})
             raise
-        self.events += len(records)
         if self.metrics is not None:
             self.metrics.batch_stored(len(records), result.quarantined, time.perf_counter() - started)
         log.info("batch", extra={"events": len(records), "changed": dict(result.changed),

@@ -461,7 +461,11 @@ def _count_invalid(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datet
     """Add this batch's emptied optional values to ``fs_field_errors`` and the result."""
     feed = fm.feed
     counts: list[tuple[str, str, int, str | None]] = []
-    if checked:
+    valid = f"{_OP} <> 'd' AND {_MISSING} IS NULL"
+    emptied = f"{valid} AND len(list_filter({_INVALID}, lambda e: e IS NOT NULL)) > 0"
+    # The join with the stored rows reads the whole feed table: pay it only when the
+    # batch actually emptied a value (rare), not on every batch.
+    if checked and scalar(cur, f"SELECT count(*) FROM fs_mapped WHERE {emptied}"):
         # Only events newer than the stored row count: a replay must not count twice.
         on = " AND ".join(f"m.{q(k)} = f.{q(k)}" for k in feed.key)
         counts += cur.execute(
