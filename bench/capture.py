@@ -37,10 +37,9 @@ VARIANTS = {"schema": True, "plain": False}
 TABLE = "users"
 ROUND = 1000  # events per workload round (see the module docstring)
 
-_INSERT = """
-INSERT INTO users (fname, lname, sex, country_name, city, last_ip, lang, tz, dob, created, affiliate_code,
-                   reg_source, reg_ua, state, no_marketing, email, email_ok_at, phone, sms_optin, push_token)
-SELECT (ARRAY['Aniyah','Jonas','Maria','Kwame','Li','Sofía','Olek','Zoë','Renée','Ahmed'])[1 + g %% 10],
+# Generated profile columns fname .. dob for row number g (psycopg %-style); shared with bench/peer.py.
+PROFILE_SQL = """\
+       (ARRAY['Aniyah','Jonas','Maria','Kwame','Li','Sofía','Olek','Zoë','Renée','Ahmed'])[1 + g %% 10],
        (ARRAY['Shanahan','Borg','Camilleri','O''Brien','Müller','Nowak','Dubois, Jr.','Grech'])[1 + (g / 10) %% 8],
        CASE WHEN g %% 7 = 0 THEN NULL WHEN g %% 2 = 0 THEN 'M' ELSE 'F' END,
        (ARRAY['Malta','Germany','Brazil','Japan','Liberia','Canada'])[1 + g %% 6],
@@ -49,7 +48,13 @@ SELECT (ARRAY['Aniyah','Jonas','Maria','Kwame','Li','Sofía','Olek','Zoë','Ren�
        (ARRAY['en-US','de','pt-BR','ja','en','fr-CA','mt'])[1 + g %% 7],
        (ARRAY['Europe/Malta','Europe/Berlin','America/Sao_Paulo','Asia/Tokyo','Africa/Monrovia'])[1 + g %% 5],
        date '1940-01-01' + (g * 37 %% 24000)::int,
-       (now() AT TIME ZONE 'Europe/Malta') - make_interval(secs => (g %% 86400)::int),
+"""
+
+_INSERT = """
+INSERT INTO users (fname, lname, sex, country_name, city, last_ip, lang, tz, dob, created, affiliate_code,
+                   reg_source, reg_ua, state, no_marketing, email, email_ok_at, phone, sms_optin, push_token)
+SELECT
+""" + PROFILE_SQL + """       (now() AT TIME ZONE 'Europe/Malta') - make_interval(secs => (g %% 86400)::int),
        CASE WHEN g %% 3 = 0 THEN 'aff42' END,
        (ARRAY['Google','Tik-Tok','Email', NULL])[1 + g %% 4],
        'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36',

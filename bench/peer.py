@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from bench.capture import PROFILE_SQL
 from bench.common import MAPPING, Context, Report, bar, in_child, ratio, say
 from bench.scale import fill, window_of
 
@@ -43,16 +44,7 @@ _FILL = f"""
 INSERT INTO {TABLE} (user_id, fname, lname, sex, country_name, city, last_ip, lang, tz, dob, created,
                      affiliate_code, reg_source, reg_ua, state, no_marketing, email, phone, sms_optin, modified_at)
 SELECT g,
-       (ARRAY['Aniyah','Jonas','Maria','Kwame','Li','Sofía','Olek','Zoë','Renée','Ahmed'])[1 + g %% 10],
-       (ARRAY['Shanahan','Borg','Camilleri','O''Brien','Müller','Nowak','Dubois, Jr.','Grech'])[1 + (g / 10) %% 8],
-       CASE WHEN g %% 7 = 0 THEN NULL WHEN g %% 2 = 0 THEN 'M' ELSE 'F' END,
-       (ARRAY['Malta','Germany','Brazil','Japan','Liberia','Canada'])[1 + g %% 6],
-       (ARRAY['Valletta','Berlin','São Paulo','Tokyo','Monrovia','Toronto'])[1 + g %% 6],
-       ('10.' || (g %% 256) || '.' || ((g / 256) %% 256) || '.' || (1 + g %% 254))::inet,
-       (ARRAY['en-US','de','pt-BR','ja','en','fr-CA','mt'])[1 + g %% 7],
-       (ARRAY['Europe/Malta','Europe/Berlin','America/Sao_Paulo','Asia/Tokyo','Africa/Monrovia'])[1 + g %% 5],
-       date '1940-01-01' + (g * 37 %% 24000)::int,
-       timestamp '2020-01-01' + make_interval(secs => (g %% 100000000)::int),
+{PROFILE_SQL}       timestamp '2020-01-01' + make_interval(secs => (g %% 100000000)::int),
        CASE WHEN g %% 3 = 0 THEN 'aff42' END,
        (ARRAY['Google','Tik-Tok','Email', NULL])[1 + g %% 4],
        'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0',
