@@ -42,7 +42,7 @@ from cdc.records import Record
 from materializer import StoreError
 from materializer.casino import apply_actions, ensure_schema
 from materializer.casino_mapping import ActionsMapping
-from materializer.mapping import FeedMapping, SourceTable
+from materializer.mapping import FeedMapping
 from materializer.replay import load_resend, remaining, save_resend
 from materializer.stamp import utc_now
 from materializer.store import HASH, POS, Store, q, scalar, table_name
@@ -515,4 +515,4 @@ def _first_line(ex: Exception) -> str:
     return str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
 
 
-__all__ = ["BatchResult", "Materializer", "SourceTable"]
+__all__ = ["BatchResult", "Materializer"]

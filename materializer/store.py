@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,12 +67,6 @@ def table_name(feed: Feed) -> str:
 def q(name: str) -> str:
     """Quote an identifier: spec field names are plain, source column names may not be."""
     return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class Window:
-    start: datetime
-    end: datetime
 
 
 class Store:
