@@ -119,6 +119,13 @@ class Consumer:
             elif tp in new:
                 self.client.seek_to_beginning(tp)
         self.assigned = wanted
+        # The group commit follows each stored batch best-effort; a kill between the two
+        # leaves the group behind the store. Re-publish what the store holds on assignment,
+        # so lag tools (and anyone reading the group) agree with the store after a restart.
+        held = {(tp.topic, tp.partition): self.stored[(tp.topic, tp.partition)]
+                for tp in new if (tp.topic, tp.partition) in self.stored}
+        if held:
+            self._commit_to_group(held)
         log.info("assigned", extra={"partitions": len(wanted), "new": sorted(f"{t.topic}[{t.partition}]" for t in new)})
 
     def poll_batch(self) -> list[Record]:
