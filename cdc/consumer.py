@@ -5,6 +5,14 @@ owns its feeds' topics outright (decision 5), and its offsets live in DuckDB nex
 rows (decision 4), so a restart seeks to exactly what was committed there. The offsets
 are also committed to the Kafka group afterwards, best-effort, so that the standard
 tools (``kafka-consumer-groups --describe``) show the lag.
+
+Two threads, because fetching and storing each leave the other idle when run in turn
+(py-spy on ``bench/ingest.py``: the storing thread waited on fetch responses ~40% of
+its time). The fetch thread owns the ``KafkaConsumer`` (kafka-python is not thread
+safe: every call on it, seeks and group commits included, happens there) and keeps
+up to one batch of records queued ahead; the calling thread of :meth:`Consumer.run`
+gathers them into batches and hands them to the sink. A seek bumps an epoch, and
+records fetched before it are dropped unseen, so a replay never mixes positions.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -59,6 +68,25 @@ class BatchPolicy:
     max_wait_ms: int = 100
     catchup_wait_ms: int = 1_000
     catchup_backlog: int = 2_000
+    # Fetched but not yet stored, at most: one batch of events, and this many value bytes
+    # (a batch of 20,000 schema-embedded envelopes is ~145 MB).
+    prefetch_bytes: int = 256 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """What one poll of the fetch thread returned."""
+
+    epoch: int  # the seek generation it was read in
+    records: list[Record]
+    backlog: int  # events known to wait beyond it (fetch high-water marks)
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Seek:
+    offsets: Offsets
+    epoch: int
 
 
 class Consumer:
@@ -70,6 +98,10 @@ class Consumer:
     dies of a Kafka or sink error: it reports it in :attr:`last_error` (which /ready
     shows) and keeps trying, because an operator would rather fix a full disk or a
     frozen broker than restart the service.
+
+    :meth:`run` is the service's loop (with its fetch thread); :meth:`discover` and
+    :meth:`poll_batch` serve callers that read synchronously from one thread (rebuild,
+    tests) and must not be mixed with :meth:`run`.
     """
 
     def __init__(self, client: KafkaConsumer, topics: Sequence[str], stored: Offsets, sink: Sink,
@@ -82,7 +114,7 @@ class Consumer:
         self.rediscover_s = rediscover_s
         self.assigned: set[TopicPartition] = set()
         self.stopping = threading.Event()
-        self.last_error: str | None = None
+        self._errors: dict[str, str] = {}  # "fetch" / "store" -> the current failure
         self.failing_since: float | None = None  # wall clock of the first failure in a row
         self.failures = 0  # failed attempts in a row
         self.batches = 0
@@ -93,6 +125,21 @@ class Consumer:
         self.highwater: dict[tuple[str, int], int | None] = {}
         # Replays asked for by other threads (the admin endpoint), applied between batches.
         self._seeks: queue.SimpleQueue[tuple[Offsets, Callable[[], Any] | None, Future[Offsets]]] = queue.SimpleQueue()
+        # Between the fetch thread and the storing thread (see the module docstring).
+        self._room = threading.Condition()
+        self._chunks: deque[_Chunk] = deque()
+        self._queued = 0  # events in _chunks
+        self._queued_bytes = 0
+        self._epoch = 0  # storing side: chunks of an older epoch were read before a seek
+        self._fetch_epoch = 0  # fetch side
+        self._orders: queue.SimpleQueue[_Seek | Offsets] = queue.SimpleQueue()  # seeks and group commits
+
+    @property
+    def last_error(self) -> str | None:
+        """The current failure, storing first: what /ready shows."""
+        return self._errors.get("store") or self._errors.get("fetch")
+
+    # -- reading (the fetch thread, or a synchronous caller) ---------------------------
 
     def discover(self) -> None:
         """Assign every partition of the mapped topics that exists now; seek new ones."""
@@ -111,12 +158,14 @@ class Consumer:
         new = wanted - self.assigned
         if not new:
             return
+        # assign() keeps the position of partitions already assigned; only new ones are
+        # positioned (at the store's offset), so records fetched ahead are not read twice.
         self.client.assign(sorted(wanted))
-        for tp in wanted:
+        for tp in new:
             stored = self.stored.get((tp.topic, tp.partition))
             if stored is not None:
                 self.client.seek(tp, stored)
-            elif tp in new:
+            else:
                 self.client.seek_to_beginning(tp)
         self.assigned = wanted
         # The group commit follows each stored batch best-effort; a kill between the two
@@ -128,7 +177,19 @@ class Consumer:
             self._commit_to_group(held)
         log.info("assigned", extra={"partitions": len(wanted), "new": sorted(f"{t.topic}[{t.partition}]" for t in new)})
 
+    def _poll(self, timeout_ms: int, max_records: int) -> tuple[list[Record], int]:
+        """One poll: the records, and how many more are known to wait behind them."""
+        records: list[Record] = []
+        waiting = 0
+        for tp, msgs in self.client.poll(timeout_ms=timeout_ms, max_records=max_records).items():
+            records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp) for m in msgs)
+            hw = self.client.highwater(tp)
+            if hw is not None:
+                waiting += max(0, hw - (msgs[-1].offset + 1))
+        return records, waiting
+
     def poll_batch(self) -> list[Record]:
+        """One batch by the policy, read in the calling thread (synchronous callers only)."""
         if time.monotonic() - self._discovered_at > self.rediscover_s:
             self.discover()  # refreshes metadata, so new topics/partitions show up
         if not self.assigned:
@@ -137,35 +198,24 @@ class Consumer:
         records: list[Record] = []
         policy = self.policy
         started = time.monotonic()
-        deadline = started + policy.max_wait_ms / 1000
-        read_to: dict[TopicPartition, int] = {}
+        backlog = 0
         while len(records) < policy.max_events:
-            left_ms = int((deadline - time.monotonic()) * 1000)
+            left_ms = int((self._deadline(started, backlog) - time.monotonic()) * 1000)
             if left_ms <= 0:
-                if self._backlog(read_to) < policy.catchup_backlog:
-                    break
-                left_ms = int((started + policy.catchup_wait_ms / 1000 - time.monotonic()) * 1000)
-                if left_ms <= 0:
-                    break
-            polled = self.client.poll(timeout_ms=left_ms, max_records=policy.max_events - len(records))
-            for tp, msgs in polled.items():
-                records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                               for m in msgs)
-                read_to[tp] = msgs[-1].offset + 1
+                break
+            got, backlog = self._poll(left_ms, policy.max_events - len(records))
+            records.extend(got)
         self._note_highwater()
         return records
 
-    def _backlog(self, read_to: dict[TopicPartition, int]) -> int:
-        """Events known to be waiting beyond what this batch read, from fetch high-water marks."""
-        waiting = 0
-        for tp, offset in read_to.items():
-            hw = self.client.highwater(tp)
-            if hw is not None:
-                waiting += max(0, hw - offset)
-        return waiting
+    def _deadline(self, started: float, backlog: int) -> float:
+        """When a batch begun at ``started`` is complete: soon, unless a backlog waits (then bigger batches)."""
+        policy = self.policy
+        wait_ms = policy.catchup_wait_ms if backlog >= policy.catchup_backlog else policy.max_wait_ms
+        return started + wait_ms / 1000
 
     def _note_highwater(self) -> None:
-        """Remember each partition's high-water mark (consumer thread only; replaced whole,
+        """Remember each partition's high-water mark (reading thread only; replaced whole,
         so other threads read a consistent dict)."""
         self.highwater = {(tp.topic, tp.partition): self.client.highwater(tp) for tp in self.assigned}
 
@@ -174,26 +224,120 @@ class Consumer:
         stored = self.stored
         return {key: None if hw is None else max(0, hw - stored.get(key, 0)) for key, hw in self.highwater.items()}
 
-    def run(self) -> None:
+    def _fetch_loop(self) -> None:
+        """The fetch thread: keep up to one batch (and ``prefetch_bytes``) read ahead."""
         pause = 0.5
+        limit = self.policy.max_events
         while not self.stopping.is_set():
-            self._take_seeks()
+            self._take_orders()
+            with self._room:
+                if self._queued >= limit or self._queued_bytes >= self.policy.prefetch_bytes:
+                    self._room.wait(0.1)  # the storing thread is behind; orders still get served
+                    continue
             try:
+                if not self.assigned or time.monotonic() - self._discovered_at > self.rediscover_s:
+                    self.discover()  # refreshes metadata, so new topics/partitions show up
                 if not self.assigned:
-                    self.discover()
-                records = self.poll_batch()
+                    self.stopping.wait(1.0)  # no mapped topic exists yet (Debezium creates them)
+                    continue
+                records, backlog = self._poll(100, limit)
+                self._note_highwater()
             except Exception as ex:  # noqa: BLE001 - a broker outage must not end the loop
-                self._failed("reading from Kafka failed; retrying", ex, pause, events=0)
+                self._failed("fetch", "reading from Kafka failed; retrying", ex, pause, events=0)
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 10.0)
                 continue
             pause = 0.5
-            if not records:
-                continue
-            offsets: Offsets = {}
-            for r in records:
-                offsets[(r.topic, r.partition)] = r.offset + 1
-            self._deliver(records, offsets)
+            self._recovered("fetch")
+            if records:
+                chunk = _Chunk(self._fetch_epoch, records, backlog,
+                               sum(len(r.value) for r in records if r.value is not None))
+                with self._room:
+                    self._chunks.append(chunk)
+                    self._queued += len(records)
+                    self._queued_bytes += chunk.nbytes
+                    self._room.notify_all()
+
+    def _take_orders(self) -> None:
+        """Seeks and group commits asked for by the storing thread, done where the client lives."""
+        while True:
+            try:
+                order = self._orders.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(order, _Seek):
+                # Everything read ahead was dropped, so every partition goes back to
+                # where the store stands (or its beginning, if nothing is stored yet).
+                for tp in self.assigned:
+                    offset = order.offsets.get((tp.topic, tp.partition))
+                    if offset is None:
+                        self.client.seek_to_beginning(tp)
+                    else:
+                        self.client.seek(tp, offset)
+                self._fetch_epoch = order.epoch
+            else:
+                self._commit_to_group(order)
+
+    # -- storing (the thread that calls run) ---------------------------------------------
+
+    def run(self) -> None:
+        fetcher = threading.Thread(target=self._fetch_loop, name="feedstore-fetch", daemon=True)
+        fetcher.start()
+        try:
+            while not self.stopping.is_set():
+                self._take_seeks()
+                records = self._gather()
+                if not records:
+                    continue
+                offsets: Offsets = {}
+                for r in records:
+                    offsets[(r.topic, r.partition)] = r.offset + 1
+                self._deliver(records, offsets)
+        finally:
+            self.stopping.set()
+            with self._room:
+                self._room.notify_all()
+            fetcher.join(30)
+            if not fetcher.is_alive():
+                self._take_orders()  # the last batches' group commits; the client is ours again
+
+    def _gather(self) -> list[Record]:
+        """The next batch from the fetched chunks, by the policy; empty when idle (or a seek waits)."""
+        policy = self.policy
+        records: list[Record] = []
+        started: float | None = None
+        backlog = 0
+        with self._room:
+            while len(records) < policy.max_events and not self.stopping.is_set() and self._seeks.empty():
+                if self._chunks:
+                    chunk = self._chunks.popleft()
+                    self._queued -= len(chunk.records)
+                    self._queued_bytes -= chunk.nbytes
+                    self._room.notify_all()
+                    if chunk.epoch != self._epoch:
+                        continue  # read before a seek
+                    need = policy.max_events - len(records)
+                    if len(chunk.records) > need:  # the rest opens the next batch
+                        rest = chunk.records[need:]
+                        nbytes = sum(len(r.value) for r in rest if r.value is not None)
+                        self._chunks.appendleft(_Chunk(chunk.epoch, rest, chunk.backlog, nbytes))
+                        self._queued += len(rest)
+                        self._queued_bytes += nbytes
+                    records.extend(chunk.records[:need])
+                    backlog = chunk.backlog + self._queued
+                    if started is None:
+                        started = time.monotonic()
+                    continue
+                if started is None:
+                    self._room.wait(0.2)  # idle; wake up now and then for seeks and stop
+                    if not self._chunks:
+                        break
+                    continue
+                left = self._deadline(started, backlog) - time.monotonic()
+                if left <= 0:
+                    break
+                self._room.wait(left)
+        return records
 
     def _deliver(self, records: list[Record], offsets: Offsets) -> None:
         pause = 0.5
@@ -201,25 +345,22 @@ class Consumer:
             try:
                 self.sink(records, offsets)
             except Exception as ex:  # noqa: BLE001 - the line must not stop; the error is surfaced
-                self._failed("batch not stored; retrying", ex, pause, events=len(records))
+                self._failed("store", "batch not stored; retrying", ex, pause, events=len(records))
                 self.stopping.wait(pause)
                 pause = min(pause * 2, 10.0)
                 continue
-            if self.last_error is not None:
-                log.info("recovered", extra={"after_failures": self.failures,
-                                             "failing_s": round(time.time() - (self.failing_since or time.time()), 1)})
-            self.last_error = None
-            self.failing_since = None
-            self.failures = 0
+            self._recovered("store")
             self.batches += 1
             self.events += len(records)
             self.last_batch_at = time.time()
             self.stored.update(offsets)
-            self._commit_to_group(offsets)
+            self._orders.put(dict(offsets))  # to the group, by the fetch thread
             return
 
-    def _failed(self, what: str, ex: Exception, pause: float, *, events: int) -> None:
-        self.last_error = f"{what.split(';')[0]}: {ex}"
+    # -- errors ------------------------------------------------------------------------
+
+    def _failed(self, kind: str, what: str, ex: Exception, pause: float, *, events: int) -> None:
+        self._errors[kind] = f"{what.split(';')[0]}: {ex}"
         self.failures += 1
         if self.failing_since is None:
             self.failing_since = time.time()
@@ -228,6 +369,15 @@ class Consumer:
                                "retry_in_s": pause, "failures": self.failures},
                   exc_info=ex if self.failures == 1 else None)
 
+    def _recovered(self, kind: str) -> None:
+        if self._errors.pop(kind, None) is None:
+            return
+        log.info("recovered", extra={"after_failures": self.failures, "what": kind,
+                                     "failing_s": round(time.time() - (self.failing_since or time.time()), 1)})
+        if not self._errors:
+            self.failing_since = None
+            self.failures = 0
+
     def _commit_to_group(self, offsets: Offsets) -> None:
         try:
             self.client.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
@@ -235,21 +385,20 @@ class Consumer:
         except KafkaError as ex:
             log.debug("group commit failed (lag display only)", extra={"error": str(ex)})
 
-    def seek(self, offsets: Offsets) -> None:
-        """Move the read position (replays). Call from the consumer's own thread only."""
-        for (topic, partition), offset in offsets.items():
-            self.client.seek(TopicPartition(topic, partition), offset)
+    # -- seeks -------------------------------------------------------------------------
 
     def request_seek(self, offsets: Offsets, before: Callable[[], Any] | None = None) -> Future[Offsets]:
         """Move the read position from any thread; done by the loop between two batches.
 
-        ``before`` runs first, in the consumer's thread (the replay rewinds the stored
+        ``before`` runs first, in the storing thread (the replay rewinds the stored
         offsets there, in one transaction), so no batch is in flight while the store and
         the position change; when it returns a dict, that is the new position. The future
         answers the stored offsets just before the seek.
         """
         done: Future[Offsets] = Future()
         self._seeks.put((dict(offsets), before, done))
+        with self._room:
+            self._room.notify_all()  # a batch being gathered ends now
         return done
 
     def _take_seeks(self) -> None:
@@ -264,11 +413,21 @@ class Consumer:
                 if isinstance(got, dict):  # `before` decided the offsets itself (an installed rebuild)
                     offsets = got
                 self.stored.update(offsets)
-                self.seek({tp: o for tp, o in offsets.items() if TopicPartition(*tp) in self.assigned})
+                self._restart_reading(dict(self.stored))
                 log.info("seek", extra={"partitions": {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())}})
                 done.set_result(was)
             except Exception as ex:  # noqa: BLE001 - the requester gets the error; the loop goes on
                 done.set_exception(ex)
+
+    def _restart_reading(self, offsets: Offsets) -> None:
+        """Drop what was read ahead and have the fetch thread seek every partition to
+        ``offsets`` (the stored position); its next chunks carry the new epoch."""
+        with self._room:
+            self._epoch += 1
+            self._chunks.clear()
+            self._queued = self._queued_bytes = 0
+            self._orders.put(_Seek(dict(offsets), self._epoch))
+            self._room.notify_all()
 
     def status(self) -> dict[str, Any]:
         """What /ready reports: healthy unless the current batch or poll keeps failing."""
@@ -279,3 +438,5 @@ class Consumer:
 
     def stop(self) -> None:
         self.stopping.set()
+        with self._room:
+            self._room.notify_all()

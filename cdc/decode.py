@@ -290,6 +290,27 @@ def _load(raw: Any, topic: str, zone: tzinfo, cache: _Cache,
     return plan, doc["payload"]
 
 
+# What cdc.columnar shares: the layout and the cached plans.
+HEAD, SEP, ENVELOPE = _HEAD, _SEP, _ENVELOPE
+
+
+def value_schema(topic: str, raw: bytes, zone: tzinfo = UTC) -> tuple[bytes, _Plan] | None:
+    """The exact bytes of the schema embedded in ``raw`` and its compiled plan, learning
+    them from ``raw`` when new; None when its layout is not ``{"schema":S,"payload":P}``."""
+    for _ in range(2):
+        for schema_bytes, plan in _VALUE_PLANS.get((topic, zone), ()):
+            if raw.startswith(schema_bytes, len(_HEAD)) and raw.startswith(_SEP, len(_HEAD) + len(schema_bytes)):
+                return schema_bytes, plan
+        _load(raw, topic, zone, _VALUE_PLANS, _compile_value, "value")  # parses it, remembers the schema
+    return None
+
+
+def check_key(topic: str, key: bytes | None, *, types: Mapping[str, ColumnType] | None = None,
+              zone: tzinfo = UTC) -> None:
+    """Raise DecodeError when ``key`` is not a key ``decode`` would accept (cdc.columnar)."""
+    _decode_key(key, topic, types, zone)
+
+
 # --------------------------------------------------------------------------- payload -> Change
 
 def _apply(fields: _Fields, row: dict[str, Any]) -> dict[str, Any]:

@@ -36,8 +36,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from cdc.decode import Change, DecodeError, decode
+from cdc.columnar import MIN_EVENTS, Columns, decode_columns
+from cdc.decode import Change, DecodeError, check_key, decode
 from cdc.records import Record
 from materializer import StoreError
 from materializer.casino import apply_actions, ensure_schema
@@ -86,10 +88,30 @@ class _Reject:
     feed: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A topic's events already in Arrow (cdc/columnar.py): what _stage would have built."""
+
+    table: pa.Table
+    absent: frozenset[str]
+    deletes: bool
+
+
+@dataclass
+class _Batch:
+    changes: list[_Decoded]  # decoded event by event
+    rejects: list[_Reject]
+    staged: dict[str, _Staged]  # topic -> decoded column by column
+
+
 class Materializer:
-    def __init__(self, store: Store, *, max_event_bytes: int | None = None) -> None:
+    def __init__(self, store: Store, *, max_event_bytes: int | None = None,
+                 columnar_from: int | None = MIN_EVENTS) -> None:
         self.store = store
         self.mapping = store.mapping
+        # A topic with at least this many events in a batch is decoded column by column
+        # (cdc/columnar.py); None decodes every event on its own.
+        self.columnar_from = columnar_from
         # Larger values are quarantined undecoded (docs/guarantees.md): a CDC event of
         # megabytes is a runaway column, not a CRM field, and must not stall the line.
         self.max_event_bytes = max_event_bytes
@@ -114,20 +136,24 @@ class Materializer:
         retry marks the retried entries there, so a crash cannot apply without marking).
         """
         result = BatchResult(events=len(records))
-        changes, rejects = self._decode(records, result)
+        batch = self._decode(records, result)
         also = self._with_resend(records, next_offsets, also)
         with self.store.writer() as cur, self.store.stamper.batch() as stamp:
             register_vocab(cur)
             result.stamp = stamp
             try:
-                self._commit(cur, records, changes, rejects, next_offsets, stamp, result, also)
+                self._commit(cur, records, batch, next_offsets, stamp, result, also)
             except DATA_ERRORS:
                 cur.rollback()
                 result.changed.clear()
                 result.invalid.clear()
-                bad = self._bisect(cur, records, changes, stamp)
-                good = [c for c in changes if c.index not in bad]
-                self._commit(cur, records, good, rejects + list(bad.values()), next_offsets, stamp, result, also)
+                if batch.staged:  # find the culprits event by event
+                    result.skipped = 0
+                    batch = self._decode(records, result, columnar=False)
+                bad = self._bisect(cur, records, batch.changes, stamp)
+                good = [c for c in batch.changes if c.index not in bad]
+                self._commit(cur, records, _Batch(good, batch.rejects + list(bad.values()), {}), next_offsets,
+                             stamp, result, also)
         if self.resend:
             self.resend = remaining(self.resend, next_offsets)
         return result
@@ -153,10 +179,11 @@ class Materializer:
 
     # -- decoding ---------------------------------------------------------------------
 
-    def _decode(self, records: Sequence[Record], result: BatchResult) -> tuple[list[_Decoded], list[_Reject]]:
-        changes: list[_Decoded] = []
-        rejects: list[_Reject] = []
+    def _decode(self, records: Sequence[Record], result: BatchResult, *, columnar: bool = True) -> _Batch:
+        batch = _Batch([], [], {})
+        rejects = batch.rejects
         tables = self.mapping.tables
+        by_topic: dict[str, list[int]] = defaultdict(list)
         for i, rec in enumerate(records):
             table = tables.get(rec.topic)
             if table is None:
@@ -170,30 +197,65 @@ class Materializer:
                                           "limit (FEEDSTORE_MAX_EVENT_BYTES); if such rows are legitimate, raise it "
                                           "and run `feedstore quarantine retry`"))
                 continue
+            if rec.value is None:  # a tombstone
+                result.skipped += 1
+                continue
+            by_topic[rec.topic].append(i)
+        for topic, indexes in by_topic.items():
+            staged = None
+            if columnar and self.columnar_from is not None and len(indexes) >= self.columnar_from:
+                staged = self._columns(topic, records, indexes)
+            if staged is not None:
+                batch.staged[topic] = staged
+                continue
+            self._decode_events(topic, records, indexes, batch, result)
+        return batch
+
+    def _columns(self, topic: str, records: Sequence[Record], indexes: list[int]) -> _Staged | None:
+        """The fast path (cdc/columnar.py), when the events take it; their keys are checked as decode() would."""
+        table = self.mapping.tables[topic]
+        wanted = self.mapping.columns(topic)
+        cols = decode_columns(topic, table.name, [records[i].value or b"" for i in indexes],
+                              [records[i].offset for i in indexes], wanted=wanted, types=table.types, zone=table.zone,
+                              min_events=1)
+        if cols is None:
+            return None
+        try:
+            for i in indexes:
+                check_key(topic, records[i].key, types=table.types, zone=table.zone)
+        except DecodeError:
+            return None  # the per-event path quarantines the event with the bad key
+        return _staged(cols, indexes, wanted)
+
+    def _decode_events(self, topic: str, records: Sequence[Record], indexes: list[int], batch: _Batch,
+                       result: BatchResult) -> None:
+        table = self.mapping.tables[topic]
+        for i in indexes:
+            rec = records[i]
             try:
                 change = decode(rec.topic, rec.key, rec.value, types=table.types, zone=table.zone)
             except DecodeError as ex:
-                rejects.append(_Reject(i, str(ex)))
+                batch.rejects.append(_Reject(i, str(ex)))
                 continue
             if change is None or change.op in ("t", "m"):
                 result.skipped += 1
                 continue
             if change.table != table.name and rec.topic == f"{self.mapping.topic_prefix}.{table.name}":
-                rejects.append(_Reject(i, f"event of table {change.table!r} on topic {rec.topic!r}, which carries "
-                                          f"{table.name!r}: a connector or routing mistake; map that table "
-                                          "(its own topic) or fix the routing"))
+                batch.rejects.append(_Reject(i, f"event of table {change.table!r} on topic {rec.topic!r}, which "
+                                                f"carries {table.name!r}: a connector or routing mistake; map that "
+                                                "table (its own topic) or fix the routing"))
                 continue
-            changes.append(_Decoded(i, change))
-        return changes, rejects
+            batch.changes.append(_Decoded(i, change))
 
     # -- the transaction --------------------------------------------------------------
 
-    def _commit(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
-                rejects: list[_Reject], next_offsets: dict[tuple[str, int], int], stamp: datetime,
+    def _commit(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], batch: _Batch,
+                next_offsets: dict[tuple[str, int], int], stamp: datetime,
                 result: BatchResult, also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
+        rejects = batch.rejects
         try:
             cur.begin()
-            more = self._write(cur, records, changes, stamp, result)
+            more = self._write(cur, records, batch.changes, stamp, result, batch.staged)
             _quarantine(cur, records, rejects + more)
             result.quarantined = len(rejects) + len(more)
             if next_offsets:
@@ -213,13 +275,16 @@ class Materializer:
                              "advanced; fix the cause (disk space, permissions) and the batch is retried") from ex
 
     def _write(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: Iterable[_Decoded],
-               stamp: datetime, result: BatchResult) -> list[_Reject]:
+               stamp: datetime, result: BatchResult, ready: dict[str, _Staged] | None = None) -> list[_Reject]:
         rejects: list[_Reject] = []
         by_topic: dict[str, list[_Decoded]] = defaultdict(list)
         for d in changes:
             by_topic[records[d.index].topic].append(d)
+        topics: dict[str, _Staged] = dict(ready or {})
         for topic, group in by_topic.items():
-            staged, absent = _stage(group, records, self.mapping.columns(topic))
+            table, absent = _stage(group, records, self.mapping.columns(topic))
+            topics[topic] = _Staged(table, absent, any(d.change.op == "d" for d in group))
+        for topic, (staged, absent, deletes) in ((t, (s.table, s.absent, s.deletes)) for t, s in topics.items()):
             # Re-registering replaces the previous batch's view; no unregister, which
             # would fail inside a transaction that a bad event has aborted.
             cur.register("fs_stage", staged)
@@ -231,8 +296,8 @@ class Materializer:
                     rejects += [_Reject(i, why, fm.feed.name) for i, why in apply_actions(
                         cur, fm, stamp, result.changed, result.invalid, bool(resend))]
                     continue
-                rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.schema.to_string(), absent, any(
-                    d.change.op == "d" for d in group), bool(resend)), self._raw_types)
+                rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.schema.to_string(), absent, deletes,
+                                                                    bool(resend)), self._raw_types)
         return rejects
 
     def _bisect(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
@@ -306,6 +371,17 @@ def _stage(group: list[_Decoded], records: Sequence[Record],
                 cols[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
         table = pa.table(cols)
     return _fit_decimals(table), frozenset(unseen if rows_seen else ())
+
+
+def _staged(cols: Columns, indexes: list[int], wanted: frozenset[str]) -> _Staged:
+    """The fast path's columns as the table _stage builds (absent columns read as NULL)."""
+    n = len(indexes)
+    data = {name: cols.values.get(name, pa.nulls(n)) for name in sorted(wanted)}
+    data[_I] = pa.array(indexes, pa.int64())
+    data[_OP] = cols.ops
+    data[_POS] = cols.positions
+    deletes = bool(pc.any(pc.equal(cols.ops, "d")).as_py())
+    return _Staged(_fit_decimals(pa.table(data)), frozenset(wanted - cols.seen), deletes)
 
 
 def _fit_decimals(table: pa.Table) -> pa.Table:

@@ -92,9 +92,11 @@ def store(tmp_path: Path, mapping: Mapping, clock: ManualClock) -> Iterator[Stor
     s.close()
 
 
-@pytest.fixture
-def materializer(store: Store) -> Materializer:
-    return Materializer(store)
+@pytest.fixture(params=["per-event", "columnar"])
+def materializer(store: Store, request: pytest.FixtureRequest) -> Materializer:
+    """Both decoding paths, so that every test using this fixture holds for each: one
+    event at a time, and column by column (cdc/columnar.py) from the first event."""
+    return Materializer(store, columnar_from=None if request.param == "per-event" else 1)
 
 
 @pytest.fixture
