@@ -58,11 +58,15 @@ def kafka_consumer(bootstrap: str, group_id: str, **overrides: Any) -> KafkaCons
 
 @dataclass
 class BatchPolicy:
-    """How big a batch gets. Each batch costs a fixed ~0.1-0.4 s of SQL planning across
-    the feeds, so small batches cap ingest; but waiting for big ones costs freshness.
-    Hence: gather for ``max_wait_ms`` when keeping up, and up to ``catchup_wait_ms``
-    while the partitions' high-water marks show at least ``catchup_backlog`` more events
-    (a backlog after a restart, a replay, or a burst)."""
+    """How big a batch gets. Each batch has a fixed cost (SQL planning across the
+    feeds), so small batches cap ingest; but waiting for big ones costs freshness.
+
+    In the service (:meth:`Consumer.run`) the fetch thread reads on while a batch is
+    stored, so the next batch is what arrived meanwhile plus up to ``max_wait_ms``:
+    batches grow by themselves to ``max_events`` when storing is the slower side, and
+    stay small (fresh) when it is not. A synchronous reader (:meth:`Consumer.poll_batch`,
+    the rebuild) has no such overlap; it gathers for ``max_wait_ms``, and up to
+    ``catchup_wait_ms`` while the high-water marks show ``catchup_backlog`` more events."""
 
     max_events: int = 20_000
     max_wait_ms: int = 100
@@ -79,7 +83,6 @@ class _Chunk:
 
     epoch: int  # the seek generation it was read in
     records: list[Record]
-    backlog: int  # events known to wait beyond it (fetch high-water marks)
     nbytes: int
 
 
@@ -240,7 +243,7 @@ class Consumer:
                 if not self.assigned:
                     self.stopping.wait(1.0)  # no mapped topic exists yet (Debezium creates them)
                     continue
-                records, backlog = self._poll(100, limit)
+                records, _ = self._poll(100, limit)
                 self._note_highwater()
             except Exception as ex:  # noqa: BLE001 - a broker outage must not end the loop
                 self._failed("fetch", "reading from Kafka failed; retrying", ex, pause, events=0)
@@ -250,8 +253,7 @@ class Consumer:
             pause = 0.5
             self._recovered("fetch")
             if records:
-                chunk = _Chunk(self._fetch_epoch, records, backlog,
-                               sum(len(r.value) for r in records if r.value is not None))
+                chunk = _Chunk(self._fetch_epoch, records, sum(len(r.value) for r in records if r.value is not None))
                 with self._room:
                     self._chunks.append(chunk)
                     self._queued += len(records)
@@ -306,7 +308,6 @@ class Consumer:
         policy = self.policy
         records: list[Record] = []
         started: float | None = None
-        backlog = 0
         with self._room:
             while len(records) < policy.max_events and not self.stopping.is_set() and self._seeks.empty():
                 if self._chunks:
@@ -320,11 +321,10 @@ class Consumer:
                     if len(chunk.records) > need:  # the rest opens the next batch
                         rest = chunk.records[need:]
                         nbytes = sum(len(r.value) for r in rest if r.value is not None)
-                        self._chunks.appendleft(_Chunk(chunk.epoch, rest, chunk.backlog, nbytes))
+                        self._chunks.appendleft(_Chunk(chunk.epoch, rest, nbytes))
                         self._queued += len(rest)
                         self._queued_bytes += nbytes
                     records.extend(chunk.records[:need])
-                    backlog = chunk.backlog + self._queued
                     if started is None:
                         started = time.monotonic()
                     continue
@@ -333,7 +333,7 @@ class Consumer:
                     if not self._chunks:
                         break
                     continue
-                left = self._deadline(started, backlog) - time.monotonic()
+                left = started + policy.max_wait_ms / 1000 - time.monotonic()
                 if left <= 0:
                     break
                 self._room.wait(left)
