@@ -243,8 +243,8 @@ def _payload_schema(schema: dict[str, Any], columns: frozenset[str]) -> pa.Schem
 
 
 _CONNECT = {"int8": pa.int64(), "int16": pa.int64(), "int32": pa.int64(), "int64": pa.int64(),
-            "float32": pa.float64(), "float64": pa.float64(), "boolean": pa.bool_(), "string": pa.string(),
-            "bytes": pa.string()}
+            "float32": pa.float64(), "float64": pa.float64(), "float": pa.float64(), "double": pa.float64(),
+            "boolean": pa.bool_(), "string": pa.string(), "bytes": pa.string()}
 
 
 def _arrow_type(field: dict[str, Any]) -> pa.DataType | None:
