@@ -237,22 +237,28 @@ def _loads(raw: Any, what: str) -> Any:
                           f"Kafka's JsonConverter for the {what}") from None
 
 
+def _known(raw: bytes, topic: str, zone: tzinfo, cache: _Cache) -> tuple[bytes, _Plan] | None:
+    """The remembered schema that ``raw`` starts with, as ``{"schema":S,"payload":``, and its plan."""
+    for schema_bytes, plan in cache.get((topic, zone), ()):
+        if raw.startswith(schema_bytes, len(_HEAD)) and raw.startswith(_SEP, len(_HEAD) + len(schema_bytes)) \
+                and raw.startswith(_HEAD):
+            return schema_bytes, plan
+    return None
+
+
 def _load(raw: Any, topic: str, zone: tzinfo, cache: _Cache,
           compile_: Callable[[dict[str, Any], tzinfo], _Plan], what: str) -> tuple[_Plan | None, Any]:
     """Parse `raw`; return the compiled plan of its embedded schema (None if it has
     none) and its payload."""
     if raw.__class__ is not bytes:
         raw = raw.encode() if isinstance(raw, str) else bytes(raw)
-    seen = cache.get((topic, zone))
-    if seen is not None and raw.startswith(_HEAD) and raw.endswith(b"}"):
-        for schema_bytes, plan in seen:
-            if raw.startswith(schema_bytes, 10):
-                end = 10 + len(schema_bytes)
-                if raw.startswith(_SEP, end):
-                    try:
-                        return plan, orjson.loads(memoryview(raw)[end + 11:-1])
-                    except orjson.JSONDecodeError:
-                        break  # not the layout we assumed: parse it all for a precise error
+    known = _known(raw, topic, zone, cache) if raw.endswith(b"}") else None
+    if known is not None:
+        schema_bytes, plan = known
+        try:
+            return plan, orjson.loads(memoryview(raw)[len(_HEAD) + len(schema_bytes) + len(_SEP):-1])
+        except orjson.JSONDecodeError:
+            pass  # not the layout we assumed: parse it all for a precise error
     doc = _loads(raw, what)
     if doc.__class__ is not dict or len(doc) != 2 or "schema" not in doc or "payload" not in doc:
         return None, doc
@@ -297,12 +303,11 @@ HEAD, SEP, ENVELOPE = _HEAD, _SEP, _ENVELOPE
 def value_schema(topic: str, raw: bytes, zone: tzinfo = UTC) -> tuple[bytes, _Plan] | None:
     """The exact bytes of the schema embedded in ``raw`` and its compiled plan, learning
     them from ``raw`` when new; None when its layout is not ``{"schema":S,"payload":P}``."""
-    for _ in range(2):
-        for schema_bytes, plan in _VALUE_PLANS.get((topic, zone), ()):
-            if raw.startswith(schema_bytes, len(_HEAD)) and raw.startswith(_SEP, len(_HEAD) + len(schema_bytes)):
-                return schema_bytes, plan
+    known = _known(raw, topic, zone, _VALUE_PLANS)
+    if known is None:
         _load(raw, topic, zone, _VALUE_PLANS, _compile_value, "value")  # parses it, remembers the schema
-    return None
+        known = _known(raw, topic, zone, _VALUE_PLANS)
+    return known
 
 
 def check_key(topic: str, key: bytes | None, *, types: Mapping[str, ColumnType] | None = None,
