@@ -108,10 +108,11 @@ def _read(payloads: list[bytes], explicit: pa.Schema | None) -> pa.Table | None:
         opts = pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="ignore")
         return pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=opts)
     data = pj.read_json(io.BytesIO(buf), read_options=_READ)
-    if _has_timestamps(data.schema):
-        # The reader takes ISO-looking strings for timestamps; JSON has none, so read
-        # those fields again as the strings they are.
-        opts = pj.ParseOptions(explicit_schema=_as_strings(data.schema), unexpected_field_behavior="infer")
+    # The reader takes ISO-looking strings for timestamps; JSON has none, so such fields
+    # are read again as the strings they are.
+    text = pa.schema([pa.field(f.name, _as_string(f.type)) for f in data.schema])
+    if text != data.schema:
+        opts = pj.ParseOptions(explicit_schema=text, unexpected_field_behavior="infer")
         data = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=opts)
     return data
 
@@ -139,12 +140,9 @@ def _columns(data: pa.Table, table: str, offsets: Sequence[int], wanted: frozens
     after = _image(data, "after")
     before = _image(data, "before")
     deletes = pc.equal(ops, "d")
-    any_delete = pc.any(deletes).as_py()
-    upserts = pc.invert(deletes)
-    if after is None:
-        if not pc.all(deletes).as_py():
-            return None
-    elif pc.any(pc.and_(upserts, after.is_null())).as_py():
+    deleted = pc.sum(deletes).as_py() or 0
+    any_delete, has_upserts = deleted > 0, deleted < len(ops)
+    if has_upserts and (after is None or pc.any(pc.and_(pc.invert(deletes), after.is_null())).as_py()):
         return None  # a c/u/r without its row: the per-event path says so in quarantine
 
     out: dict[str, pa.Array] = {}
@@ -160,9 +158,9 @@ def _columns(data: pa.Table, table: str, offsets: Sequence[int], wanted: frozens
             col = _convert(col, conv)
         if name in wanted:
             out[name] = col
-    has_upserts = not pc.all(deletes).as_py()
+    # As the per-event path: with no upsert in the batch, no column counts as missing.
     seen = frozenset(n for n in wanted if after is not None and after.type.get_field_index(n) >= 0) \
-        if has_upserts else frozenset(wanted)
+        if has_upserts else wanted
     return Columns(ops, positions, out, seen)
 
 
@@ -257,32 +255,14 @@ def _arrow_type(field: dict[str, Any]) -> pa.DataType | None:
     return _CONNECT.get(str(typ))
 
 
-def _has_timestamps(schema: pa.Schema) -> bool:
-    return any(_timestamps(f.type) for f in schema)
-
-
-def _timestamps(t: pa.DataType) -> bool:
-    if pa.types.is_timestamp(t):
-        return True
-    if pa.types.is_struct(t):
-        return any(_timestamps(t.field(i).type) for i in range(t.num_fields))
-    if pa.types.is_list(t):
-        return _timestamps(t.value_type)
-    return False
-
-
-def _as_strings(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field(f.name, _string_for_timestamp(f.type)) for f in schema])
-
-
-def _string_for_timestamp(t: pa.DataType) -> pa.DataType:
+def _as_string(t: pa.DataType) -> pa.DataType:
+    """``t`` with every timestamp in it (nested too) read as a string."""
     if pa.types.is_timestamp(t):
         return pa.string()
     if pa.types.is_struct(t):
-        return pa.struct([pa.field(t.field(i).name, _string_for_timestamp(t.field(i).type))
-                          for i in range(t.num_fields)])
+        return pa.struct([pa.field(t.field(i).name, _as_string(t.field(i).type)) for i in range(t.num_fields)])
     if pa.types.is_list(t):
-        return pa.list_(_string_for_timestamp(t.value_type))
+        return pa.list_(_as_string(t.value_type))
     return t
 
 
