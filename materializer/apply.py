@@ -202,9 +202,7 @@ class Materializer:
                 continue
             by_topic[rec.topic].append(i)
         for topic, indexes in by_topic.items():
-            staged = None
-            if columnar and self.columnar_from is not None and len(indexes) >= self.columnar_from:
-                staged = self._columns(topic, records, indexes)
+            staged = self._columns(topic, records, indexes) if columnar else None
             if staged is not None:
                 batch.staged[topic] = staged
                 continue
@@ -213,11 +211,13 @@ class Materializer:
 
     def _columns(self, topic: str, records: Sequence[Record], indexes: list[int]) -> _Staged | None:
         """The fast path (cdc/columnar.py), when the events take it; their keys are checked as decode() would."""
+        if self.columnar_from is None:
+            return None
         table = self.mapping.tables[topic]
         wanted = self.mapping.columns(topic)
         cols = decode_columns(topic, table.name, [records[i].value or b"" for i in indexes],
                               [records[i].offset for i in indexes], wanted=wanted, types=table.types, zone=table.zone,
-                              min_events=1)
+                              min_events=self.columnar_from)
         if cols is None:
             return None
         try:
@@ -284,10 +284,10 @@ class Materializer:
         for topic, group in by_topic.items():
             table, absent = _stage(group, records, self.mapping.columns(topic))
             topics[topic] = _Staged(table, absent, any(d.change.op == "d" for d in group))
-        for topic, (staged, absent, deletes) in ((t, (s.table, s.absent, s.deletes)) for t, s in topics.items()):
+        for topic, staged in topics.items():
             # Re-registering replaces the previous batch's view; no unregister, which
             # would fail inside a transaction that a bad event has aborted.
-            cur.register("fs_stage", staged)
+            cur.register("fs_stage", staged.table)
             resend = self._resend_idx
             if resend:
                 cur.register("fs_resend", pa.table({_I: pa.array(resend, pa.int64())}))
@@ -296,8 +296,8 @@ class Materializer:
                     rejects += [_Reject(i, why, fm.feed.name) for i, why in apply_actions(
                         cur, fm, stamp, result.changed, result.invalid, bool(resend))]
                     continue
-                rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.schema.to_string(), absent, deletes,
-                                                                    bool(resend)), self._raw_types)
+                rejects += _map_feed(cur, fm, stamp, result, _Shape(staged.table.schema.to_string(), staged.absent,
+                                                                    staged.deletes, bool(resend)), self._raw_types)
         return rejects
 
     def _bisect(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], changes: list[_Decoded],
