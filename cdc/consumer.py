@@ -131,8 +131,6 @@ class Consumer:
         # Between the fetch thread and the storing thread (see the module docstring).
         self._room = threading.Condition()
         self._chunks: deque[_Chunk] = deque()
-        self._queued = 0  # events in _chunks
-        self._queued_bytes = 0
         self._epoch = 0  # storing side: chunks of an older epoch were read before a seek
         self._fetch_epoch = 0  # fetch side
         self._orders: queue.SimpleQueue[_Seek | Offsets] = queue.SimpleQueue()  # seeks and group commits
@@ -234,7 +232,9 @@ class Consumer:
         while not self.stopping.is_set():
             self._take_orders()
             with self._room:
-                if self._queued >= limit or self._queued_bytes >= self.policy.prefetch_bytes:
+                chunks = self._chunks
+                if (sum(len(c.records) for c in chunks) >= limit
+                        or sum(c.nbytes for c in chunks) >= self.policy.prefetch_bytes):
                     self._room.wait(0.1)  # the storing thread is behind; orders still get served
                     continue
             try:
@@ -253,11 +253,9 @@ class Consumer:
             pause = 0.5
             self._recovered("fetch")
             if records:
-                chunk = _Chunk(self._fetch_epoch, records, sum(len(r.value) for r in records if r.value is not None))
+                chunk = _Chunk(self._fetch_epoch, records, sum(len(r.value or b"") for r in records))
                 with self._room:
                     self._chunks.append(chunk)
-                    self._queued += len(records)
-                    self._queued_bytes += chunk.nbytes
                     self._room.notify_all()
 
     def _take_orders(self) -> None:
@@ -312,18 +310,13 @@ class Consumer:
             while len(records) < policy.max_events and not self.stopping.is_set() and self._seeks.empty():
                 if self._chunks:
                     chunk = self._chunks.popleft()
-                    self._queued -= len(chunk.records)
-                    self._queued_bytes -= chunk.nbytes
                     self._room.notify_all()
                     if chunk.epoch != self._epoch:
                         continue  # read before a seek
                     need = policy.max_events - len(records)
                     if len(chunk.records) > need:  # the rest opens the next batch
                         rest = chunk.records[need:]
-                        nbytes = sum(len(r.value) for r in rest if r.value is not None)
-                        self._chunks.appendleft(_Chunk(chunk.epoch, rest, nbytes))
-                        self._queued += len(rest)
-                        self._queued_bytes += nbytes
+                        self._chunks.appendleft(_Chunk(chunk.epoch, rest, sum(len(r.value or b"") for r in rest)))
                     records.extend(chunk.records[:need])
                     if started is None:
                         started = time.monotonic()
@@ -425,7 +418,6 @@ class Consumer:
         with self._room:
             self._epoch += 1
             self._chunks.clear()
-            self._queued = self._queued_bytes = 0
             self._orders.put(_Seek(dict(offsets), self._epoch))
             self._room.notify_all()
 
