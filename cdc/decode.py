@@ -19,7 +19,7 @@ plan lists just the columns that need converting, so untyped columns cost nothin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
@@ -310,10 +310,38 @@ def value_schema(topic: str, raw: bytes, zone: tzinfo = UTC) -> tuple[bytes, _Pl
     return known
 
 
-def check_key(topic: str, key: bytes | None, *, types: Mapping[str, ColumnType] | None = None,
-              zone: tzinfo = UTC) -> None:
-    """Raise DecodeError when ``key`` is not a key ``decode`` would accept (cdc.columnar)."""
-    _decode_key(key, topic, types, zone)
+def check_keys(topic: str, keys: Iterable[bytes | None], *, types: Mapping[str, ColumnType] | None = None,
+               zone: tzinfo = UTC) -> None:
+    """Raise DecodeError unless ``decode`` would accept every one of ``keys`` (cdc.columnar).
+
+    A key whose columns need no converting can only fail by not being JSON, so for
+    those one parse says it (~0.3 µs instead of ~3 µs of decoding); any other key is
+    decoded in full.
+    """
+    for key in keys:
+        if key is not None and not _json_only_key(key, topic, types, zone):
+            _decode_key(key, topic, types, zone)  # learns a new schema, or says what is wrong
+
+
+def _json_only_key(key: Any, topic: str, types: Mapping[str, ColumnType] | None, zone: tzinfo) -> bool:
+    """True when ``key`` parses and nothing in it is converted, so _decode_key cannot fail on it."""
+    if key.__class__ is not bytes:
+        return False
+    if key.startswith(_HEAD):
+        known = _known(key, topic, zone, _KEY_PLANS) if key.endswith(b"}") else None
+        if known is None or known[1].after or known[1].scalar is not None:
+            return False
+        payload: Any = memoryview(key)[len(_HEAD) + len(known[0]) + len(_SEP):-1]
+    else:
+        payload = key
+    try:
+        p = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    if p.__class__ is not dict or payload is not key:
+        return True
+    # A schema-less key: {"schema":..,"payload":..} is an envelope after all, typed columns convert.
+    return not ("schema" in p and "payload" in p and len(p) == 2) and not (types and not types.keys().isdisjoint(p))
 
 
 # --------------------------------------------------------------------------- payload -> Change

@@ -31,6 +31,7 @@ package can import them without an import cycle.
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,11 +167,25 @@ def zoned_timestamp(v: Any) -> datetime:
 
 
 _UNITS = {"ms": 1, "us": 2, "ns": 3}
+# Each wall-clock converter's (unit, zone), so cdc.vector can convert whole columns alike.
+_WALL_ARGS: dict[Converter, tuple[str, tzinfo]] = {}
 
 
+def wall_args(conv: Converter) -> tuple[str, tzinfo] | None:
+    """(unit, zone) when ``conv`` is a :func:`wall_timestamp` converter."""
+    return _WALL_ARGS.get(conv)
+
+
+@functools.cache  # one converter per (unit, zone): schemas compiled again reuse it
 def wall_timestamp(unit: str, zone: tzinfo) -> Converter:
     """io.debezium.time.{Timestamp,MicroTimestamp,NanoTimestamp}: wall-clock digits
     encoded as if UTC, read in `zone` (fold=0) and returned as naive UTC."""
+    conv = _wall_timestamp(unit, zone)
+    _WALL_ARGS[conv] = (unit, zone)
+    return conv
+
+
+def _wall_timestamp(unit: str, zone: tzinfo) -> Converter:
     u = _UNITS[unit]
     if u == 1:
         def digits(v: Any) -> datetime:

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc.columnar import MIN_EVENTS, Columns, decode_columns
-from cdc.decode import Change, DecodeError, check_key, decode
+from cdc.decode import Change, DecodeError, check_keys, decode
 from cdc.records import Record
 from materializer import StoreError
 from materializer.casino import apply_actions, ensure_schema
@@ -47,7 +47,7 @@ from materializer.casino_mapping import ActionsMapping
 from materializer.mapping import FeedMapping
 from materializer.replay import load_resend, remaining, save_resend
 from materializer.stamp import utc_now
-from materializer.store import HASH, POS, Store, q, scalar, table_name
+from materializer.store import HASH, POS, Store, q, save_offsets, scalar, table_name
 from materializer.validate import check, lit, register_vocab
 
 log = logging.getLogger("feedstore.materializer")
@@ -221,8 +221,7 @@ class Materializer:
         if cols is None:
             return None
         try:
-            for i in indexes:
-                check_key(topic, records[i].key, types=table.types, zone=table.zone)
+            check_keys(topic, (records[i].key for i in indexes), types=table.types, zone=table.zone)
         except DecodeError:
             return None  # the per-event path quarantines the event with the bad key
         return _staged(cols, indexes, wanted)
@@ -258,11 +257,7 @@ class Materializer:
             more = self._write(cur, records, batch.changes, stamp, result, batch.staged)
             _quarantine(cur, records, rejects + more)
             result.quarantined = len(rejects) + len(more)
-            if next_offsets:
-                now = utc_now()
-                cur.executemany(
-                    "INSERT OR REPLACE INTO fs_offsets VALUES (?, ?, ?, ?)",
-                    [(t, p, o, now) for (t, p), o in next_offsets.items()])
+            save_offsets(cur, next_offsets)
             cur.execute("INSERT OR REPLACE INTO fs_meta VALUES ('last_stamp', ?)", [stamp.isoformat()])
             if also is not None:
                 also(cur)

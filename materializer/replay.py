@@ -20,8 +20,7 @@ from collections.abc import Mapping
 import duckdb
 
 from materializer import StoreError
-from materializer.stamp import utc_now
-from materializer.store import Store
+from materializer.store import Store, save_offsets
 
 TP = tuple[str, int]
 RESEND = "resend_until"
@@ -34,9 +33,7 @@ def rewind(store: Store, moves: Mapping[TP, int], until: Mapping[TP, int], *, re
     with store.writer() as cur:
         try:
             cur.begin()
-            now = utc_now()
-            cur.executemany("INSERT OR REPLACE INTO fs_offsets VALUES (?, ?, ?, ?)",
-                            [(t, p, o, now) for (t, p), o in moves.items()])
+            save_offsets(cur, dict(moves))
             if resend:
                 merged = load_resend(cur)
                 for tp, end in until.items():

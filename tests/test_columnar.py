@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from cdc import ColumnType, decode, parse_column_type
+from cdc import CdcError, ColumnType, decode, parse_column_type
 from cdc.columnar import Columns, decode_columns
-from tests.test_decode import FIELDS, TOPIC, b64_unscaled, envelope, micros
+from tests.test_decode import FIELDS, TOPIC, b64_unscaled, envelope, key, micros
 
 MALTA = ZoneInfo("Europe/Malta")
 TABLE = "public.players"
@@ -177,3 +177,56 @@ def test_a_timestamp_typed_column_stays_as_python_would_read_it() -> None:
     cols = decode_columns(TOPIC, TABLE, values, list(range(70)), wanted=frozenset({"id", "username"}))
     assert cols is not None and cols.values["username"].to_pylist() == ["2024-01-01T10:00:00"] * 70
 
+
+
+def _date_key(wire: Any) -> bytes:
+    from tests.test_decode import logical, struct, wrap
+
+    return wrap(struct("spacevegas.public.players.Key", {"day": logical("io.debezium.time.Date", "int32")}),
+                {"day": wire})
+
+
+KEYS: dict[str, bytes | str | None] = {
+    "schema": key(7), "plain": key(7, schema=False), "none": None, "null": b"null", "bare": b"42",
+    "text": '{"id": 7}', "not json": b"{id: 7}", "truncated": key(7)[:-2], "schema, bad payload": key(7)[:-4] + b"x}}",
+    "wrapped plain": b'{"schema":null,"payload":{"id":7}}', "typed plain": b'{"birth_date":18000}',
+    "typed plain, bad": b'{"birth_date":"soon"}', "typed schema": _date_key(18000), "typed schema, bad": _date_key("x"),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", KEYS)
+def test_check_keys_accepts_exactly_what_decode_accepts(name: str) -> None:
+    from cdc.decode import check_keys
+
+    k = KEYS[name]
+    value = envelope("c", None, {"id": 7}, schema=False)
+    try:
+        decode(TOPIC, k, value, types=TYPES)  # type: ignore[arg-type]
+        decoded = True
+    except CdcError:
+        decoded = False
+    for _ in range(2):  # the second time with the key's schema remembered
+        try:
+            check_keys(TOPIC, [key(1), k, key(2, schema=False)], types=TYPES)  # type: ignore[list-item]
+            checked = True
+        except CdcError:
+            checked = False
+        assert checked == decoded
+
+
+def test_sparse_before_images_after_the_first_megabyte_do_not_send_the_batch_the_slow_way() -> None:
+    # As the captured users stream: a megabyte of inserts (no before image at all),
+    # then deletes whose before image holds the key and NOT NULL columns only, nulls
+    # elsewhere. Inferred block by block, those did not merge and the batch declined.
+    pad = "x" * 600
+    values = [envelope("c", None, {"id": i, "username": pad, "is_vip": True}, schema=False, fields=COLS)
+              for i in range(3000)]
+    values += [envelope("d", {"id": i, "username": None, "status": None, "is_vip": False, "rating": None}, None,
+                        schema=False, fields=COLS) for i in range(3000, 3500)]
+    assert sum(map(len, values[:3000])) > 2**20
+    cols = decode_columns(TOPIC, TABLE, values, list(range(len(values))),
+                          wanted=frozenset({"id", "username", "is_vip"}), types=TYPES)
+    assert cols is not None
+    assert cols.values["username"].to_pylist() == [pad] * 3000 + [None] * 500
+    assert cols.values["is_vip"].to_pylist() == [True] * 3000 + [False] * 500
