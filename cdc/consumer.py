@@ -62,7 +62,8 @@ class BatchPolicy:
     feeds), so small batches cap ingest; but waiting for big ones costs freshness.
 
     In the service (:meth:`Consumer.run`) the fetch thread reads on while a batch is
-    stored, so the next batch is what arrived meanwhile plus up to ``max_wait_ms``:
+    stored, so the next batch is what arrived meanwhile plus up to ``max_wait_ms``
+    (no wait once a poll finds nothing more: the end of a backlog is stored at once):
     batches grow by themselves to ``max_events`` when storing is the slower side, and
     stay small (fresh) when it is not. A synchronous reader (:meth:`Consumer.poll_batch`,
     the rebuild) has no such overlap; it gathers for ``max_wait_ms``, and up to
@@ -134,6 +135,7 @@ class Consumer:
         self._epoch = 0  # storing side: chunks of an older epoch were read before a seek
         self._fetch_epoch = 0  # fetch side
         self._orders: queue.SimpleQueue[_Seek | Offsets] = queue.SimpleQueue()  # seeks and group commits
+        self._dry = False  # the fetch thread's last poll found nothing: it is caught up
 
     @property
     def last_error(self) -> str | None:
@@ -252,11 +254,12 @@ class Consumer:
                 continue
             pause = 0.5
             self._recovered("fetch")
-            if records:
-                chunk = _Chunk(self._fetch_epoch, records, sum(len(r.value or b"") for r in records))
-                with self._room:
+            chunk = _Chunk(self._fetch_epoch, records, sum(len(r.value or b"") for r in records)) if records else None
+            with self._room:
+                if chunk is not None:
                     self._chunks.append(chunk)
-                    self._room.notify_all()
+                self._dry = chunk is None
+                self._room.notify_all()
 
     def _take_orders(self) -> None:
         """Seeks and group commits asked for by the storing thread, done where the client lives."""
@@ -327,7 +330,7 @@ class Consumer:
                         break
                     continue
                 left = started + policy.max_wait_ms / 1000 - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._dry:  # the fetcher read everything there is: waiting adds nothing
                     break
                 self._room.wait(left)
         return records
