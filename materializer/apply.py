@@ -48,7 +48,8 @@ from materializer.mapping import FeedMapping
 from materializer.replay import load_resend, remaining, save_resend
 from materializer.stamp import utc_now
 from materializer.store import HASH, POS, Store, q, save_offsets, scalar, table_name
-from materializer.validate import check, lit, register_vocab
+from materializer.validate import Check, check, lit, register_vocab
+from schemas import Field
 
 log = logging.getLogger("feedstore.materializer")
 
@@ -437,11 +438,13 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
         f"CASE WHEN {given_but_null(n)} THEN struct_pack(field := {lit(f.name)}, "
         f"reason := {lit(checks[n].reason)}, example := {example(n)}) END"
         for n, f in enumerate(cols) if not f.required and checks[n].reason]
+    values, lookups, joins = _lookups(cols, checks, raws, types, zone)
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_mapped AS "
-        f"WITH r AS (SELECT {raw_select}, {meta} FROM fs_stage), "
-        f"n AS (SELECT {', '.join(f'{c.value} AS {q(f.name)}' for f, c in zip(cols, checks, strict=True))}, "
-        f"{', '.join(raws)}, {meta} FROM r) "
+        f"WITH r AS (SELECT {raw_select}, {meta} FROM fs_stage), {lookups}"
+        f"n AS (SELECT {', '.join(f'{v} AS {q(f.name)}' for f, v in zip(cols, values, strict=True))}, "
+        f"{', '.join(f'r.{raw}' for raw in raws)}, {', '.join(f'r.{m}' for m in (_OP, _POS, _I))} "
+        f"FROM r{joins}) "
         f"SELECT {', '.join(q(f.name) for f in cols)}, {meta}, "
         f"NULLIF(concat_ws('; ', {', '.join(missing) or 'NULL'}), '') AS {_MISSING}, "
         f"{'[' + ', '.join(invalid) + ']' if invalid else 'NULL'} AS {_INVALID} FROM n")
@@ -467,14 +470,33 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
         cur, fm, {f.name: f"m.{q(f.name)}" for f in cols},
         f"(SELECT * FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NULL {latest}) m", stamp, new_rows=True)
     if fm.delete_set and shape.deletes:
-        values = {f.name: f"f.{q(f.name)}" for f in cols} | {
+        kept = {f.name: f"f.{q(f.name)}" for f in cols} | {
             name: check(feed.field(name), f"({expr})", zone).value for name, expr in fm.delete_set.items()}
         n += _replace_changed(
-            cur, fm, values, f"(SELECT * FROM fs_mapped WHERE {_OP} = 'd' {latest}) m", stamp, new_rows=False)
+            cur, fm, kept, f"(SELECT * FROM fs_mapped WHERE {_OP} = 'd' {latest}) m", stamp, new_rows=False)
     if shape.resend:
         n += _restamp(cur, fm, stamp)
     result.changed[feed.name] += n
     return rejects
+
+
+def _lookups(cols: list[Field], checks: list[Check], raws: list[str], types: list[str], zone: str
+             ) -> tuple[list[str], str, str]:
+    """Each field's value as SQL over ``r``, plus the CTEs and joins that the lookups need.
+
+    Vocabulary checks (locale, zone, currency) run once per distinct raw value of the
+    batch, which has a handful, and are joined back: per row they were half the cost
+    of mapping the players feed (~1 µs a row for a locale).
+    """
+    values = [c.value for c in checks]
+    ctes, joins = "", ""
+    for n, c in enumerate(checks):
+        if c.lookup:
+            once = check(cols[n], "__fs_v", zone, types[n]).value
+            ctes += f"l{n} AS (SELECT __fs_v, {once} AS v FROM (SELECT DISTINCT {raws[n]} AS __fs_v FROM r)), "
+            joins += f" LEFT JOIN l{n} ON r.{raws[n]} = l{n}.__fs_v"
+            values[n] = f"l{n}.v"
+    return values, ctes, joins
 
 
 def _replace_changed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, values: dict[str, str], source: str,
