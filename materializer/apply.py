@@ -48,7 +48,7 @@ from materializer.mapping import FeedMapping
 from materializer.replay import load_resend, remaining, save_resend
 from materializer.stamp import utc_now
 from materializer.store import HASH, POS, Store, q, save_offsets, scalar, table_name
-from materializer.validate import Check, check, lit, register_vocab
+from materializer.validate import Check, check, lit, register_vocab, vocab_tables
 from schemas import Field
 
 log = logging.getLogger("feedstore.materializer")
@@ -117,6 +117,7 @@ class Materializer:
         # megabytes is a runaway column, not a CRM field, and must not stall the line.
         self.max_event_bytes = max_event_bytes
         ensure_schema(store)  # the casino actions table, when the mapping has one
+        vocab_tables()  # built now (~70 ms), not in the first batch
         self._raw_types: dict[tuple[str, str], list[str]] = {}  # see _map_feed
         # `feedstore replay --resend`: rows touched by events below these offsets are
         # re-stamped even when unchanged (materializer/replay.py); shrinks as batches pass.
