@@ -36,6 +36,9 @@ from cdc.records import Record
 log = logging.getLogger("feedstore.consumer")
 
 Offsets = dict[tuple[str, int], int]
+Prepare = Callable[[Sequence[Record]], Callable[[Offsets], Any]]
+"""Does the part of storing a batch that needs no store (decoding) and returns what
+stores it; run by the decode thread for the next batch while one is being stored."""
 Sink = Callable[[Sequence[Record], Offsets], Any]
 
 
@@ -88,6 +91,16 @@ class _Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class _Ready:
+    """A gathered batch, prepared: what stores it, and the seek generation it was read in."""
+
+    epoch: int
+    records: list[Record]
+    offsets: Offsets
+    store: Callable[[Offsets], Any]
+
+
+@dataclass(frozen=True, slots=True)
 class _Seek:
     offsets: Offsets
     epoch: int
@@ -109,11 +122,15 @@ class Consumer:
     """
 
     def __init__(self, client: KafkaConsumer, topics: Sequence[str], stored: Offsets, sink: Sink,
-                 policy: BatchPolicy | None = None, *, rediscover_s: float = 5.0) -> None:
+                 policy: BatchPolicy | None = None, *, rediscover_s: float = 5.0,
+                 prepare: Prepare | None = None) -> None:
         self.client = client
         self.topics = list(topics)
         self.stored = dict(stored)
         self.sink = sink
+        # With it, :meth:`run` stores each batch through what ``prepare`` returned, made in
+        # a third thread while the batch before is stored; without it, by ``sink``.
+        self.prepare = prepare
         self.policy = policy or BatchPolicy()
         self.rediscover_s = rediscover_s
         self.assigned: set[TopicPartition] = set()
@@ -136,6 +153,8 @@ class Consumer:
         self._fetch_epoch = 0  # fetch side
         self._orders: queue.SimpleQueue[_Seek | Offsets] = queue.SimpleQueue()  # seeks and group commits
         self._dry = False  # the fetch thread's last poll found nothing: it is caught up
+        self._handoff = threading.Condition()  # between the decode thread and the storing thread
+        self._ready: _Ready | None = None  # one batch prepared ahead, at most
 
     @property
     def last_error(self) -> str | None:
@@ -284,37 +303,82 @@ class Consumer:
     # -- storing (the thread that calls run) ---------------------------------------------
 
     def run(self) -> None:
-        fetcher = threading.Thread(target=self._fetch_loop, name="feedstore-fetch", daemon=True)
-        fetcher.start()
+        threads = [threading.Thread(target=self._fetch_loop, name="feedstore-fetch", daemon=True)]
+        if self.prepare is not None:
+            threads.append(threading.Thread(target=self._prepare_loop, name="feedstore-decode", daemon=True))
+        for t in threads:
+            t.start()
         try:
             while not self.stopping.is_set():
                 self._take_seeks()
-                records = self._gather()
-                if not records:
-                    continue
-                offsets: Offsets = {}
-                for r in records:
-                    offsets[(r.topic, r.partition)] = r.offset + 1
-                self._deliver(records, offsets)
+                batch = self._take_ready() if self.prepare is not None else self._next(self._sink_for)
+                if batch is not None and batch.epoch == self._epoch:  # else read before a seek: dropped
+                    self._deliver(batch)
         finally:
             self.stopping.set()
-            with self._room:
-                self._room.notify_all()
-            fetcher.join(30)
-            if not fetcher.is_alive():
+            for cond in (self._room, self._handoff):
+                with cond:
+                    cond.notify_all()
+            for t in threads:
+                t.join(30)
+            if not threads[0].is_alive():
                 self._take_orders()  # the last batches' group commits; the client is ours again
 
-    def _gather(self) -> list[Record]:
-        """The next batch from the fetched chunks, by the policy; empty when idle (or a seek waits)."""
+    def _sink_for(self, records: Sequence[Record]) -> Callable[[Offsets], Any]:
+        return lambda offsets: self.sink(records, offsets)
+
+    def _next(self, prepare: Prepare) -> _Ready | None:
+        """Gather the next batch and prepare it; None when there was nothing to gather."""
+        epoch, records = self._gather()
+        if not records:
+            return None
+        offsets: Offsets = {}
+        for r in records:
+            offsets[(r.topic, r.partition)] = r.offset + 1
+        try:
+            store = prepare(records)
+        except Exception as ex:  # a bug in preparing must not lose the batch
+            log.error("preparing a batch failed; storing it by the plain path", exc_info=ex,
+                      extra={"error": str(ex), "events": len(records)})
+            store = self._sink_for(records)
+        return _Ready(epoch, records, offsets, store)
+
+    def _prepare_loop(self) -> None:
+        """The decode thread: keep one batch gathered and prepared while the storing thread stores."""
+        assert self.prepare is not None
+        while not self.stopping.is_set():
+            with self._handoff:
+                while self._ready is not None and not self.stopping.is_set():
+                    self._handoff.wait(0.2)
+            batch = self._next(self.prepare)
+            if batch is None:
+                continue
+            with self._handoff:
+                self._ready = batch
+                self._handoff.notify_all()
+
+    def _take_ready(self) -> _Ready | None:
+        with self._handoff:
+            if self._ready is None:
+                self._handoff.wait(0.2)  # wakes for seeks and stop too
+            batch, self._ready = self._ready, None
+            self._handoff.notify_all()
+        return batch
+
+    def _gather(self) -> tuple[int, list[Record]]:
+        """The next batch from the fetched chunks, by the policy, and the seek generation
+        it was read in; empty when idle (or a seek waits)."""
         policy = self.policy
         records: list[Record] = []
         started: float | None = None
         with self._room:
-            while len(records) < policy.max_events and not self.stopping.is_set() and self._seeks.empty():
+            epoch = self._epoch
+            while (len(records) < policy.max_events and not self.stopping.is_set() and self._seeks.empty()
+                   and self._epoch == epoch):
                 if self._chunks:
                     chunk = self._chunks.popleft()
                     self._room.notify_all()
-                    if chunk.epoch != self._epoch:
+                    if chunk.epoch != epoch:
                         continue  # read before a seek
                     need = policy.max_events - len(records)
                     if len(chunk.records) > need:  # the rest opens the next batch
@@ -333,13 +397,14 @@ class Consumer:
                 if left <= 0 or self._dry:  # the fetcher read everything there is: waiting adds nothing
                     break
                 self._room.wait(left)
-        return records
+        return epoch, records
 
-    def _deliver(self, records: list[Record], offsets: Offsets) -> None:
+    def _deliver(self, batch: _Ready) -> None:
+        records, offsets = batch.records, batch.offsets
         pause = 0.5
         while not self.stopping.is_set():
             try:
-                self.sink(records, offsets)
+                batch.store(offsets)
             except Exception as ex:  # noqa: BLE001 - the line must not stop; the error is surfaced
                 self._failed("store", "batch not stored; retrying", ex, pause, events=len(records))
                 self.stopping.wait(pause)
@@ -393,8 +458,9 @@ class Consumer:
         """
         done: Future[Offsets] = Future()
         self._seeks.put((dict(offsets), before, done))
-        with self._room:
-            self._room.notify_all()  # a batch being gathered ends now
+        for cond in (self._room, self._handoff):
+            with cond:
+                cond.notify_all()  # a batch being gathered ends now; the storing thread looks
         return done
 
     def _take_seeks(self) -> None:

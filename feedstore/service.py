@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from feedstore import logs
 from feedstore.config import Settings
 from feedstore.metrics import Metrics
 from materializer import StoreError, quarantine
-from materializer.apply import Materializer
+from materializer.apply import Decoded, Materializer
 from materializer.mapping import load_mapping
 from materializer.stamp import Clock, utc_now
 from materializer.store import Store
@@ -52,7 +52,14 @@ class Service:
         store = Store(settings.db_path, mapping, clock=clock)
         return cls(settings, store, materializer=Materializer(store, max_event_bytes=settings.max_event_bytes))
 
-    def apply(self, records: Sequence[Record], offsets: Offsets) -> None:
+    def prepare(self, records: Sequence[Record]) -> Callable[[Offsets], None]:
+        """The consumer's decode stage: decode ``records`` (no store needed) while the
+        batch before is stored; returns what stores them."""
+        assert self.materializer is not None
+        decoded = self.materializer.decode(records)
+        return lambda offsets: self.apply(records, offsets, decoded)
+
+    def apply(self, records: Sequence[Record], offsets: Offsets, decoded: Decoded | None = None) -> None:
         """The consumer's sink: one batch, rows and offsets in one transaction.
 
         When the write fails the exception goes back to the consumer, which keeps the
@@ -63,7 +70,7 @@ class Service:
         assert self.materializer is not None
         started = time.perf_counter()
         try:
-            result = self.materializer.apply(records, offsets)
+            result = self.materializer.apply(records, offsets, decoded=decoded)
         except (StoreError, duckdb.Error):
             try:
                 self.store.recover()
@@ -80,7 +87,8 @@ class Service:
         _ignore_file_size_signal()
         client = kafka_consumer(self.settings.kafka_bootstrap, self.settings.group_id)
         self.consumer = Consumer(client, self.store.mapping.topics, self.store.offsets(), self.apply,
-                                 BatchPolicy(self.settings.batch_max_events, self.settings.batch_max_wait_ms))
+                                 BatchPolicy(self.settings.batch_max_events, self.settings.batch_max_wait_ms),
+                                 prepare=self.prepare)
         self.thread = threading.Thread(target=self._run, name="feedstore-consumer", daemon=True)
         self.thread.start()
         log.info("service started", extra={"db": str(self.settings.db_path), "topics": self.store.mapping.topics})

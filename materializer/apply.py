@@ -99,10 +99,13 @@ class _Staged:
 
 
 @dataclass
-class _Batch:
+class Decoded:
+    """A batch decoded and ready to apply (:meth:`Materializer.decode`)."""
+
     changes: list[_Decoded]  # decoded event by event
     rejects: list[_Reject]
     staged: dict[str, _Staged]  # topic -> decoded column by column
+    skipped: int = 0  # tombstones, heartbeats, transaction markers
 
 
 class Materializer:
@@ -130,15 +133,23 @@ class Materializer:
         with self.store.cursor() as cur:
             self.resend = load_resend(cur)
 
+    def decode(self, records: Sequence[Record]) -> Decoded:
+        """The first half of :meth:`apply`, which touches no store: the service decodes the
+        next batch (in another thread) while this one is stored."""
+        return self._decode(records)
+
     def apply(self, records: Sequence[Record], next_offsets: dict[tuple[str, int], int], *,
+              decoded: Decoded | None = None,
               also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> BatchResult:
         """Apply ``records`` and move the stored offsets to ``next_offsets``, atomically.
 
+        ``decoded`` is :meth:`decode` of the same records, when the caller has it already.
         ``also`` runs inside the same transaction, just before it commits (quarantine
         retry marks the retried entries there, so a crash cannot apply without marking).
         """
         result = BatchResult(events=len(records))
-        batch = self._decode(records, result)
+        batch = decoded if decoded is not None else self._decode(records)
+        result.skipped = batch.skipped
         also = self._with_resend(records, next_offsets, also)
         with self.store.writer() as cur, self.store.stamper.batch() as stamp:
             register_vocab(cur)
@@ -150,11 +161,10 @@ class Materializer:
                 result.changed.clear()
                 result.invalid.clear()
                 if batch.staged:  # find the culprits event by event
-                    result.skipped = 0
-                    batch = self._decode(records, result, columnar=False)
+                    batch = self._decode(records, columnar=False)
                 bad = self._bisect(cur, records, batch.changes, stamp)
                 good = [c for c in batch.changes if c.index not in bad]
-                self._commit(cur, records, _Batch(good, batch.rejects + list(bad.values()), {}), next_offsets,
+                self._commit(cur, records, Decoded(good, batch.rejects + list(bad.values()), {}), next_offsets,
                              stamp, result, also)
         if self.resend:
             self.resend = remaining(self.resend, next_offsets)
@@ -181,8 +191,8 @@ class Materializer:
 
     # -- decoding ---------------------------------------------------------------------
 
-    def _decode(self, records: Sequence[Record], result: BatchResult, *, columnar: bool = True) -> _Batch:
-        batch = _Batch([], [], {})
+    def _decode(self, records: Sequence[Record], *, columnar: bool = True) -> Decoded:
+        batch = Decoded([], [], {})
         rejects = batch.rejects
         tables = self.mapping.tables
         by_topic: dict[str, list[int]] = defaultdict(list)
@@ -190,7 +200,7 @@ class Materializer:
             table = tables.get(rec.topic)
             if table is None:
                 if _is_meta(rec):  # a heartbeat or transaction marker routed here: nothing to map
-                    result.skipped += 1
+                    batch.skipped += 1
                     continue
                 rejects.append(_Reject(i, f"topic {rec.topic!r} is not mapped to any feed"))
                 continue
@@ -200,7 +210,7 @@ class Materializer:
                                           "and run `feedstore quarantine retry`"))
                 continue
             if rec.value is None:  # a tombstone
-                result.skipped += 1
+                batch.skipped += 1
                 continue
             by_topic[rec.topic].append(i)
         for topic, indexes in by_topic.items():
@@ -208,7 +218,7 @@ class Materializer:
             if staged is not None:
                 batch.staged[topic] = staged
                 continue
-            self._decode_events(topic, records, indexes, batch, result)
+            self._decode_events(topic, records, indexes, batch)
         return batch
 
     def _columns(self, topic: str, records: Sequence[Record], indexes: list[int]) -> _Staged | None:
@@ -228,8 +238,7 @@ class Materializer:
             return None  # the per-event path quarantines the event with the bad key
         return _staged(cols, indexes, wanted)
 
-    def _decode_events(self, topic: str, records: Sequence[Record], indexes: list[int], batch: _Batch,
-                       result: BatchResult) -> None:
+    def _decode_events(self, topic: str, records: Sequence[Record], indexes: list[int], batch: Decoded) -> None:
         table = self.mapping.tables[topic]
         for i in indexes:
             rec = records[i]
@@ -239,7 +248,7 @@ class Materializer:
                 batch.rejects.append(_Reject(i, str(ex)))
                 continue
             if change is None or change.op in ("t", "m"):
-                result.skipped += 1
+                batch.skipped += 1
                 continue
             if change.table != table.name and rec.topic == f"{self.mapping.topic_prefix}.{table.name}":
                 batch.rejects.append(_Reject(i, f"event of table {change.table!r} on topic {rec.topic!r}, which "
@@ -250,7 +259,7 @@ class Materializer:
 
     # -- the transaction --------------------------------------------------------------
 
-    def _commit(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], batch: _Batch,
+    def _commit(self, cur: duckdb.DuckDBPyConnection, records: Sequence[Record], batch: Decoded,
                 next_offsets: dict[tuple[str, int], int], stamp: datetime,
                 result: BatchResult, also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
         rejects = batch.rejects
@@ -609,4 +618,4 @@ def _first_line(ex: Exception) -> str:
     return str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
 
 
-__all__ = ["BatchResult", "Materializer"]
+__all__ = ["BatchResult", "Decoded", "Materializer"]
