@@ -13,6 +13,11 @@ safe: every call on it, seeks and group commits included, happens there) and kee
 up to one batch of records queued ahead; the calling thread of :meth:`Consumer.run`
 gathers them into batches and hands them to the sink. A seek bumps an epoch, and
 records fetched before it are dropped unseen, so a replay never mixes positions.
+
+Given a ``prepare`` step (the service's: decoding, which needs no store), a third
+thread gathers and prepares the next batch while the current one is stored, so
+parsing JSON and writing DuckDB overlap (bench/ingest.py: ~25% more events/s on two
+cores). A batch prepared before a seek carries the old epoch and is dropped too.
 """
 
 from __future__ import annotations

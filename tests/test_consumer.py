@@ -128,3 +128,43 @@ def test_status_says_what_fails(line_stack: LocalStack) -> None:
     assert not status["ok"] and status["failures"] >= 2
     assert status["last_error"].startswith("batch not stored: disk full")
     assert status["failing_since"] is not None and status["events"] == 0
+
+
+class Prepared(Sink):
+    """A sink whose batches are prepared first (as the service decodes them), in the decode thread."""
+
+    def __init__(self, failures: int, want: int, *, broken_every: int = 0) -> None:
+        super().__init__(failures, want)
+        self.prepared_in: set[str] = set()
+        self.broken_every = broken_every  # every n-th prepare raises: the batch must still be stored
+        self.prepares = 0
+
+    def prepare(self, records: Sequence[Record]) -> Any:
+        self.prepares += 1
+        self.prepared_in.add(threading.current_thread().name)
+        if self.broken_every and self.prepares % self.broken_every == 0:
+            raise ValueError("a bug in preparing (simulated)")
+        got = list(records)
+        return lambda offsets: self(got, offsets)
+
+
+@pytest.mark.parametrize("broken_every", [0, 3], ids=["prepared", "prepare-fails-sometimes"])
+def test_prepared_batches_are_stored_once_in_order_by_the_storing_thread(line_stack: LocalStack,
+                                                                        broken_every: int) -> None:
+    topic = f"consumer-{uuid.uuid4().hex[:8]}"
+    produce(line_stack.bootstrap, topic, 80)
+    sink = Prepared(failures=2, want=80, broken_every=broken_every)
+    client = kafka_consumer(line_stack.bootstrap, f"test-{uuid.uuid4().hex[:6]}")
+    consumer = Consumer(client, [topic], {}, sink, BatchPolicy(max_events=10, max_wait_ms=50), prepare=sink.prepare)
+    run(consumer, sink)
+    assert sink.prepared_in == {"feedstore-decode"}
+    first, retried = sink.calls[0], sink.calls[2]
+    assert [r.where for r in retried[0]] == [r.where for r in first[0]]  # a failed store is retried as is
+    where = [r.where for r in sink.stored]
+    assert len(where) == len(set(where)) == 80
+    for p in {r.partition for r in sink.stored}:
+        offsets = [r.offset for r in sink.stored if r.partition == p]
+        assert offsets == list(range(len(offsets)))
+        assert consumer.stored[(topic, p)] == len(offsets)
+    if broken_every:
+        assert sink.prepares >= broken_every  # some batches went the plain way, none was lost
