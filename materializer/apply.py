@@ -439,15 +439,21 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
     def example(n: int) -> str:
         return f"left(CAST({raws[n]} AS VARCHAR), {_EXAMPLE_CHARS})"
 
-    missing = [
-        f"CASE WHEN {q(f.name)} IS NULL THEN {lit(f.name + ': ')} || CASE WHEN {checks[n].present} "
-        f"THEN 'invalid value ''' || {example(n)} || ''' (' || {lit(checks[n].reason)} || ')' "
-        f"ELSE 'missing' END END"
-        for n, f in enumerate(cols) if f.required]
-    invalid = [
-        f"CASE WHEN {given_but_null(n)} THEN struct_pack(field := {lit(f.name)}, "
-        f"reason := {lit(checks[n].reason)}, example := {example(n)}) END"
-        for n, f in enumerate(cols) if not f.required and checks[n].reason]
+    # Both are NULL for a clean event, and decided by one cheap test first: building
+    # the reason text and the list of emptied fields for every row cost ~0.5 µs a row.
+    required = [n for n, f in enumerate(cols) if f.required]
+    missing = "NULL" if not required else (
+        f"CASE WHEN {' OR '.join(f'{q(cols[n].name)} IS NULL' for n in required)} THEN NULLIF(concat_ws('; ', "
+        + ", ".join(f"CASE WHEN {q(cols[n].name)} IS NULL THEN {lit(cols[n].name + ': ')} || CASE WHEN "
+                    f"{checks[n].present} THEN 'invalid value ''' || {example(n)} || ''' (' || "
+                    f"{lit(checks[n].reason)} || ')' ELSE 'missing' END END" for n in required)
+        + "), '') END")
+    optional = [n for n, f in enumerate(cols) if not f.required and checks[n].reason]
+    invalid = "NULL" if not optional else (
+        f"CASE WHEN {' OR '.join(f'({given_but_null(n)})' for n in optional)} THEN list_filter(["
+        + ", ".join(f"CASE WHEN {given_but_null(n)} THEN struct_pack(field := {lit(cols[n].name)}, "
+                    f"reason := {lit(checks[n].reason)}, example := {example(n)}) END" for n in optional)
+        + "], lambda e: e IS NOT NULL) END")
     values, lookups, joins = _lookups(cols, checks, raws, types, zone)
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_mapped AS "
@@ -456,8 +462,7 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
         f"{', '.join(f'r.{raw}' for raw in raws)}, {', '.join(f'r.{m}' for m in (_OP, _POS, _I))} "
         f"FROM r{joins}) "
         f"SELECT {', '.join(q(f.name) for f in cols)}, {meta}, "
-        f"NULLIF(concat_ws('; ', {', '.join(missing) or 'NULL'}), '') AS {_MISSING}, "
-        f"{'[' + ', '.join(invalid) + ']' if invalid else 'NULL'} AS {_INVALID} FROM n")
+        f"{missing} AS {_MISSING}, {invalid} AS {_INVALID} FROM n")
 
     rejects = [
         _Reject(i, f"feed {feed.name}: required field(s) empty or invalid: {reason}", feed.name)
@@ -470,20 +475,24 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
                        "policy cannot find the row; map the key from the table's primary key columns, or set "
                        "REPLICA IDENTITY FULL on the source table", feed.name)
             for (i,) in cur.execute(f"SELECT {_I} FROM fs_mapped WHERE {_OP} = 'd' AND ({no_key})").fetchall()]
-    _count_invalid(cur, fm, stamp, result, bool(invalid), shape.absent)
+    _count_invalid(cur, fm, stamp, result, bool(optional), shape.absent)
 
-    latest = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {_POS} DESC, {_I} DESC) = 1"
+    def latest(where: str) -> str:
+        """The newest event per key among ``where`` (a grouped arg_max: 1.5x a window's speed)."""
+        return (f"(SELECT * FROM fs_mapped WHERE {_I} IN (SELECT arg_max({_I}, ({_POS}, {_I})) FROM fs_mapped "
+                f"WHERE {where} GROUP BY {key})) m")
+
 
     # Upserts first (the newest valid non-delete event per key), then deletes, so an
     # insert and a delete of one key in the same batch end as the delete policy says.
     n = _replace_changed(
         cur, fm, {f.name: f"m.{q(f.name)}" for f in cols},
-        f"(SELECT * FROM fs_mapped WHERE {_OP} <> 'd' AND {_MISSING} IS NULL {latest}) m", stamp, new_rows=True)
+        latest(f"{_OP} <> 'd' AND {_MISSING} IS NULL"), stamp, new_rows=True)
     if fm.delete_set and shape.deletes:
         kept = {f.name: f"f.{q(f.name)}" for f in cols} | {
             name: check(feed.field(name), f"({expr})", zone).value for name, expr in fm.delete_set.items()}
         n += _replace_changed(
-            cur, fm, kept, f"(SELECT * FROM fs_mapped WHERE {_OP} = 'd' {latest}) m", stamp, new_rows=False)
+            cur, fm, kept, latest(f"{_OP} = 'd'"), stamp, new_rows=False)
     if shape.resend:
         n += _restamp(cur, fm, stamp)
     result.changed[feed.name] += n
@@ -565,7 +574,7 @@ def _count_invalid(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datet
     feed = fm.feed
     counts: list[tuple[str, str, int, str | None]] = []
     valid = f"{_OP} <> 'd' AND {_MISSING} IS NULL"
-    emptied = f"{valid} AND len(list_filter({_INVALID}, lambda e: e IS NOT NULL)) > 0"
+    emptied = f"{valid} AND {_INVALID} IS NOT NULL"
     # The join with the stored rows reads the whole feed table: pay it only when the
     # batch actually emptied a value (rare), not on every batch.
     if checked and scalar(cur, f"SELECT count(*) FROM fs_mapped WHERE {emptied}"):
