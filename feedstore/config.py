@@ -26,6 +26,7 @@ class Settings:
     group_id: str = "feedstore"
     bind: str = "127.0.0.1:8000"
     threads: int = 8
+    duckdb_threads: int = 0  # DuckDB's worker threads; 0: all cores but one (materializer/store.py)
     batch_max_events: int = 20_000
     batch_max_wait_ms: int = 100
     barrier_timeout_s: float = 2.0
@@ -53,6 +54,7 @@ class Settings:
         "group_id": "FEEDSTORE_GROUP_ID",
         "bind": "FEEDSTORE_BIND",
         "threads": "FEEDSTORE_THREADS",
+        "duckdb_threads": "FEEDSTORE_DUCKDB_THREADS",
         "batch_max_events": "FEEDSTORE_BATCH_MAX_EVENTS",
         "batch_max_wait_ms": "FEEDSTORE_BATCH_MAX_WAIT_MS",
         "barrier_timeout_s": "FEEDSTORE_BARRIER_TIMEOUT_S",

@@ -49,7 +49,7 @@ class Service:
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock = utc_now) -> Service:
         mapping = load_mapping(settings.mapping_path)
-        store = Store(settings.db_path, mapping, clock=clock)
+        store = Store(settings.db_path, mapping, clock=clock, threads=settings.duckdb_threads)
         return cls(settings, store, materializer=Materializer(store, max_event_bytes=settings.max_event_bytes))
 
     def prepare(self, records: Sequence[Record]) -> Callable[[Offsets], None]:
