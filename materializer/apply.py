@@ -48,8 +48,7 @@ from materializer.mapping import FeedMapping
 from materializer.replay import load_resend, remaining, save_resend
 from materializer.stamp import utc_now
 from materializer.store import HASH, POS, Store, q, save_offsets, scalar, table_name
-from materializer.validate import Check, check, lit, register_vocab, vocab_tables
-from schemas import Field
+from materializer.validate import check, lit, register_vocab, vocab_lookups, vocab_tables
 
 log = logging.getLogger("feedstore.materializer")
 
@@ -454,7 +453,7 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
         + ", ".join(f"CASE WHEN {given_but_null(n)} THEN struct_pack(field := {lit(cols[n].name)}, "
                     f"reason := {lit(checks[n].reason)}, example := {example(n)}) END" for n in optional)
         + "], lambda e: e IS NOT NULL) END")
-    values, lookups, joins = _lookups(cols, checks, raws, types, zone)
+    values, lookups, joins = vocab_lookups(cols, checks, raws, types, zone)
     cur.execute(
         "CREATE OR REPLACE TEMP TABLE fs_mapped AS "
         f"WITH r AS (SELECT {raw_select}, {meta} FROM fs_stage), {lookups}"
@@ -497,25 +496,6 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
         n += _restamp(cur, fm, stamp)
     result.changed[feed.name] += n
     return rejects
-
-
-def _lookups(cols: list[Field], checks: list[Check], raws: list[str], types: list[str], zone: str
-             ) -> tuple[list[str], str, str]:
-    """Each field's value as SQL over ``r``, plus the CTEs and joins that the lookups need.
-
-    Vocabulary checks (locale, zone, currency) run once per distinct raw value of the
-    batch, which has a handful, and are joined back: per row they were half the cost
-    of mapping the players feed (~1 µs a row for a locale).
-    """
-    values = [c.value for c in checks]
-    ctes, joins = "", ""
-    for n, c in enumerate(checks):
-        if c.lookup:
-            once = check(cols[n], "__fs_v", zone, types[n]).value
-            ctes += f"l{n} AS (SELECT __fs_v, {once} AS v FROM (SELECT DISTINCT {raws[n]} AS __fs_v FROM r)), "
-            joins += f" LEFT JOIN l{n} ON r.{raws[n]} = l{n}.__fs_v"
-            values[n] = f"l{n}.v"
-    return values, ctes, joins
 
 
 def _replace_changed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, values: dict[str, str], source: str,

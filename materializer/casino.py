@@ -38,7 +38,7 @@ import duckdb
 from materializer.casino_mapping import FEED, INPUTS, ActionsMapping
 from materializer.mapping import Mapping
 from materializer.store import POS, Store, q, scalar, table_name
-from materializer.validate import STORE_TYPES, check, lit
+from materializer.validate import STORE_TYPES, check, lit, vocab_lookups
 from schemas import Feed, Field
 
 log = logging.getLogger("feedstore.materializer.casino")
@@ -415,7 +415,8 @@ def _map_sql(am: ActionsMapping) -> str:
     raw_cols = ", ".join(
         f"({sql}) AS {raw}" if name == "action_key" else f"CASE WHEN {_OP} <> 'd' THEN ({sql}) END AS {raw}"
         for (name, _, sql), raw in zip(values, raws, strict=True))
-    checked = ", ".join(f"{c.value} AS {q(name)}" for (name, _, _), c in zip(values, checks, strict=True))
+    sqls, lookups, joins = vocab_lookups([f for _, f, _ in values], checks, raws, [None] * len(values), zone)
+    checked = ", ".join(f"{v} AS {q(name)}" for (name, _, _), v in zip(values, sqls, strict=True))
 
     def problem(n: int) -> str:
         name, f, _ = values[n]
@@ -427,11 +428,13 @@ def _map_sql(am: ActionsMapping) -> str:
                     f"ELSE {lit(label + ': missing')} END END")
         return f"CASE WHEN {q(name)} IS NULL AND {checks[n].present} THEN {bad} END"
 
-    live = [problem(n) for n, (name, f, _) in enumerate(values) if f.required or name.startswith("__fs_in_")]
+    must = [n for n, (name, f, _) in enumerate(values) if f.required or name.startswith("__fs_in_")]
+    live = [problem(n) for n in must]
     missing = (f"CASE WHEN {_OP} = 'd' THEN CASE WHEN action_key IS NULL THEN 'delete event without its key: "
                "the actions key expression must read only primary-key columns (a delete carries only those, "
                "unless REPLICA IDENTITY FULL)' END "
-               f"ELSE 'required field(s) empty or invalid: ' || NULLIF(concat_ws('; ', {', '.join(live)}), '') END")
+               f"WHEN {' OR '.join(f'{q(values[n][0])} IS NULL' for n in must)} "  # the reasons only when one fails
+               f"THEN 'required field(s) empty or invalid: ' || NULLIF(concat_ws('; ', {', '.join(live)}), '') END")
     optional = [n for n, (name, f, _) in enumerate(values)
                 if not f.required and not name.startswith("__fs_in_") and checks[n].reason]
     emptied = [
@@ -453,8 +456,8 @@ def _map_sql(am: ActionsMapping) -> str:
 
     descriptive = ", ".join(q(f.name) for f in am.descriptive)
     return (
-        f"WITH r AS (SELECT {raw_cols}, {meta} FROM fs_stage), "
-        f"n AS (SELECT {checked}, {', '.join(raws)}, {meta} FROM r) "
+        f"WITH r AS (SELECT {raw_cols}, {meta} FROM fs_stage), {lookups}"
+        f"n AS (SELECT {checked}, {', '.join(f'r.{c}' for c in [*raws, _I, _OP, _POS])} FROM r{joins}) "
         f"SELECT {meta}, action_key, {key_hash('action_key')} AS kh, hash(session_id) AS sh, {descriptive}, acted_at, "
         f"CAST({count('bet')} AS BIGINT) AS bets, CAST({count('win')} AS BIGINT) AS wins, "
         f"CAST({amount('bet')} AS DECIMAL(38,8)) AS bet_amount, "

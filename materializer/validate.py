@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,26 @@ def check(field: Field, raw: str, zone: str = "UTC", raw_type: str | None = None
     raise ValueError(f"no check for field type {kind!r}")
 
 
+def vocab_lookups(fields: Sequence[Field], checks: Sequence[Check], raws: Sequence[str],
+                  types: Sequence[str | None], zone: str) -> tuple[list[str], str, str]:
+    """Each field's checked value as SQL over the raw values' CTE ``r``, with the CTEs
+    and joins that the vocabulary checks need.
+
+    Vocabulary checks (locale, zone, currency) run once per distinct raw value of the
+    batch, which has a handful, and are joined back: per row they were half the cost
+    of mapping the players feed (~1 µs a row for a locale).
+    """
+    values = [c.value for c in checks]
+    ctes, joins = "", ""
+    for n, c in enumerate(checks):
+        if c.lookup:
+            once = check(fields[n], "__fs_v", zone, types[n]).value
+            ctes += f"l{n} AS (SELECT __fs_v, {once} AS v FROM (SELECT DISTINCT {raws[n]} AS __fs_v FROM r)), "
+            joins += f" LEFT JOIN l{n} ON r.{raws[n]} = l{n}.__fs_v"
+            values[n] = f"l{n}.v"
+    return values, ctes, joins
+
+
 def _string(field: Field, text: str, trimmed: str, present: str) -> Check:
     if field.allowed is not None:
         pairs = [(v.casefold(), v) for v in field.allowed] + sorted(field.aliases.items())
@@ -250,4 +271,4 @@ def evaluate(field: Field, sql: str, zone: str = "UTC") -> tuple[bool, Any]:
 
 
 __all__ = ["IP_RE", "STORE_DECIMAL", "STORE_TYPES", "WS", "Check", "check", "evaluate", "lit", "register_vocab",
-           "vocab_tables"]
+           "vocab_lookups", "vocab_tables"]
