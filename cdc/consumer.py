@@ -71,7 +71,9 @@ class BatchPolicy:
 
     In the service (:meth:`Consumer.run`) the fetch thread reads on while a batch is
     stored, so the next batch is what arrived meanwhile plus up to ``max_wait_ms``
-    (no wait once a poll finds nothing more: the end of a backlog is stored at once):
+    (no wait once a poll finds nothing more, or once every partition is read to its
+    high-water mark and the batch holds ``catchup_backlog`` events: the end of a backlog
+    is stored at once, a trickle still batches up):
     batches grow by themselves to ``max_events`` when storing is the slower side, and
     stay small (fresh) when it is not. A synchronous reader (:meth:`Consumer.poll_batch`,
     the rebuild) has no such overlap; it gathers for ``max_wait_ms``, and up to
@@ -158,6 +160,8 @@ class Consumer:
         self._fetch_epoch = 0  # fetch side
         self._orders: queue.SimpleQueue[_Seek | Offsets] = queue.SimpleQueue()  # seeks and group commits
         self._dry = False  # the fetch thread's last poll found nothing: it is caught up
+        self._level = False  # ... or it has read every partition up to its high-water mark
+        self._read_to: Offsets = {}  # fetch thread: next offset per partition, as read so far
         self._handoff = threading.Condition()  # between the decode thread and the storing thread
         self._ready: _Ready | None = None  # one batch prepared ahead, at most
 
@@ -189,11 +193,7 @@ class Consumer:
         # positioned (at the store's offset), so records fetched ahead are not read twice.
         self.client.assign(sorted(wanted))
         for tp in new:
-            stored = self.stored.get((tp.topic, tp.partition))
-            if stored is not None:
-                self.client.seek(tp, stored)
-            else:
-                self.client.seek_to_beginning(tp)
+            self._seek(tp, self.stored.get((tp.topic, tp.partition)))
         self.assigned = wanted
         # The group commit follows each stored batch best-effort; a kill between the two
         # leaves the group behind the store. Re-publish what the store holds on assignment,
@@ -204,12 +204,21 @@ class Consumer:
             self._commit_to_group(held)
         log.info("assigned", extra={"partitions": len(wanted), "new": sorted(f"{t.topic}[{t.partition}]" for t in new)})
 
+    def _seek(self, tp: TopicPartition, offset: int | None) -> None:
+        """Position ``tp`` at ``offset``, or at its beginning when None."""
+        if offset is None:
+            self.client.seek_to_beginning(tp)
+        else:
+            self.client.seek(tp, offset)
+        self._read_to[(tp.topic, tp.partition)] = offset or 0  # a log that begins later reads as behind
+
     def _poll(self, timeout_ms: int, max_records: int) -> tuple[list[Record], int]:
         """One poll: the records, and how many more are known to wait behind them."""
         records: list[Record] = []
         waiting = 0
         for tp, msgs in self.client.poll(timeout_ms=timeout_ms, max_records=max_records).items():
             records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp) for m in msgs)
+            self._read_to[(tp.topic, tp.partition)] = msgs[-1].offset + 1
             hw = self.client.highwater(tp)
             if hw is not None:
                 waiting += max(0, hw - (msgs[-1].offset + 1))
@@ -271,6 +280,7 @@ class Consumer:
                     continue
                 records, _ = self._poll(100, limit)
                 self._note_highwater()
+                level = all(hw is not None and self._read_to.get(key, -1) >= hw for key, hw in self.highwater.items())
             except Exception as ex:  # noqa: BLE001 - a broker outage must not end the loop
                 self._failed("fetch", "reading from Kafka failed; retrying", ex, pause, events=0)
                 self.stopping.wait(pause)
@@ -283,6 +293,7 @@ class Consumer:
                 if chunk is not None:
                     self._chunks.append(chunk)
                 self._dry = chunk is None
+                self._level = level
                 self._room.notify_all()
 
     def _take_orders(self) -> None:
@@ -296,11 +307,7 @@ class Consumer:
                 # Everything read ahead was dropped, so every partition goes back to
                 # where the store stands (or its beginning, if nothing is stored yet).
                 for tp in self.assigned:
-                    offset = order.offsets.get((tp.topic, tp.partition))
-                    if offset is None:
-                        self.client.seek_to_beginning(tp)
-                    else:
-                        self.client.seek(tp, offset)
+                    self._seek(tp, order.offsets.get((tp.topic, tp.partition)))
                 self._fetch_epoch = order.epoch
             else:
                 self._commit_to_group(order)
@@ -399,7 +406,9 @@ class Consumer:
                         break
                     continue
                 left = started + policy.max_wait_ms / 1000 - time.monotonic()
-                if left <= 0 or self._dry:  # the fetcher read everything there is: waiting adds nothing
+                # The fetcher has read everything there is: waiting adds nothing to a batch
+                # that is big already (the end of a backlog); a trickle still batches up.
+                if left <= 0 or self._dry or (self._level and len(records) >= policy.catchup_backlog):
                     break
                 self._room.wait(left)
         return epoch, records

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing changes a record: a frozen dataclass's __init__ costs
+# 0.65 µs against 0.15 µs, paid for every message in the fetch thread.
+@dataclass(slots=True)
 class Record:
     topic: str
     partition: int
