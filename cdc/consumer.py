@@ -16,8 +16,9 @@ records fetched before it are dropped unseen, so a replay never mixes positions.
 
 Given a ``prepare`` step (the service's: decoding, which needs no store), a third
 thread gathers and prepares the next batch while the current one is stored, so
-parsing JSON and writing DuckDB overlap (bench/ingest.py: ~25% more events/s on two
-cores). A batch prepared before a seek carries the old epoch and is dropped too.
+parsing JSON and writing DuckDB overlap (bench/ingest.py, 200,000 schema-less events on two
+cores: 36k -> 41k events/s). A batch prepared before a seek carries the old epoch and is
+dropped too.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Apply one consumed batch to the feeds: decode, stage, map set-based, stamp, commit.
 
 Per batch there is exactly one DuckDB transaction holding the feed rows, the stamp and
-the Kafka offsets that produced them (decisions 1 and 4). Decoding is per event in
-Python (it has to be); everything after that is a few SQL statements per feed over an
-Arrow table of the whole batch (decision 6), which is what makes ~10^5 events/s
-possible where per-row upserts manage ~10^3.
+the Kafka offsets that produced them (decisions 1 and 4). Decoding (:meth:`Materializer.decode`)
+needs no store: big batches column-wise (cdc/columnar.py), the rest event by event, and
+the service runs it for the next batch while this one is stored. Everything after it
+is a few SQL statements per feed over an Arrow table of the whole batch (decision 6),
+which is what makes ~10^5 events/s possible where per-row upserts manage ~10^3.
 
 Per feed, one statement maps and validates the whole batch (materializer/validate.py
 has the rules): the mapping's expressions give raw values, the checks turn them into
