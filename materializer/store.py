@@ -8,7 +8,6 @@ snapshot, so a pull never observes half a batch.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -69,14 +68,6 @@ CREATE TABLE IF NOT EXISTS fs_field_errors (
 CHECKPOINT_THRESHOLD = "64MB"
 
 
-def default_threads() -> int:
-    """DuckDB's worker threads: all cores but one. The Kafka fetch and the decoding of the
-    next batch run in threads of their own next to DuckDB's; given every core, DuckDB's
-    workers only contend with them (bench/ingest.py, 2 cores: 8% more CPU per event and
-    ~6% fewer events/s with 2 DuckDB threads than with 1)."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 def table_name(feed: Feed) -> str:
     return f"feed_{feed.name}"
 
@@ -98,7 +89,7 @@ class Store:
     def __init__(self, path: Path | str, mapping: Mapping, *, clock: Clock = utc_now, threads: int = 0) -> None:
         self.path = Path(path)
         self.mapping = mapping
-        self.threads = threads or default_threads()
+        self.threads = threads  # DuckDB's worker threads; 0: its default, one per core
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
@@ -111,8 +102,10 @@ class Store:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            return duckdb.connect(str(self.path), config={"threads": self.threads,
-                                                          "checkpoint_threshold": CHECKPOINT_THRESHOLD})
+            config: dict[str, str | bool | int | float | list[str]] = {"checkpoint_threshold": CHECKPOINT_THRESHOLD}
+            if self.threads:
+                config["threads"] = self.threads
+            return duckdb.connect(str(self.path), config=config)
         except duckdb.IOException as ex:
             raise StoreError(
                 f"cannot open {self.path}: {ex}. Only one process may own a DuckDB file: stop the other "
