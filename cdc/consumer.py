@@ -97,6 +97,10 @@ class _Chunk:
     records: list[Record]
     nbytes: int
 
+    @classmethod
+    def of(cls, epoch: int, records: list[Record]) -> _Chunk:
+        return cls(epoch, records, sum(len(r.value or b"") for r in records))
+
 
 @dataclass(frozen=True, slots=True)
 class _Ready:
@@ -289,7 +293,7 @@ class Consumer:
                 continue
             pause = 0.5
             self._recovered("fetch")
-            chunk = _Chunk(self._fetch_epoch, records, sum(len(r.value or b"") for r in records)) if records else None
+            chunk = _Chunk.of(self._fetch_epoch, records) if records else None
             with self._room:
                 if chunk is not None:
                     self._chunks.append(chunk)
@@ -395,8 +399,7 @@ class Consumer:
                         continue  # read before a seek
                     need = policy.max_events - len(records)
                     if len(chunk.records) > need:  # the rest opens the next batch
-                        rest = chunk.records[need:]
-                        self._chunks.appendleft(_Chunk(chunk.epoch, rest, sum(len(r.value or b"") for r in rest)))
+                        self._chunks.appendleft(_Chunk.of(chunk.epoch, chunk.records[need:]))
                     records.extend(chunk.records[:need])
                     if started is None:
                         started = time.monotonic()
