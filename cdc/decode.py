@@ -327,21 +327,27 @@ def _json_only_key(key: Any, topic: str, types: Mapping[str, ColumnType] | None,
     """True when ``key`` parses and nothing in it is converted, so _decode_key cannot fail on it."""
     if key.__class__ is not bytes:
         return False
-    if key.startswith(_HEAD):
+    if key.startswith(_HEAD):  # with an embedded schema: one we know, that converts nothing
         known = _known(key, topic, zone, _KEY_PLANS) if key.endswith(b"}") else None
         if known is None or known[1].after or known[1].scalar is not None:
             return False
-        payload: Any = memoryview(key)[len(_HEAD) + len(known[0]) + len(_SEP):-1]
-    else:
-        payload = key
+        return _parses(memoryview(key)[len(_HEAD) + len(known[0]) + len(_SEP):-1])
     try:
-        p = orjson.loads(payload)
+        p = orjson.loads(key)
     except orjson.JSONDecodeError:
         return False
-    if p.__class__ is not dict or payload is not key:
-        return True
-    # A schema-less key: {"schema":..,"payload":..} is an envelope after all, typed columns convert.
+    if p.__class__ is not dict:
+        return True  # a bare scalar key
+    # {"schema":..,"payload":..} is an envelope after all; typed columns convert.
     return not ("schema" in p and "payload" in p and len(p) == 2) and not (types and not types.keys().isdisjoint(p))
+
+
+def _parses(raw: memoryview) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- payload -> Change
