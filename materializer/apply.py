@@ -162,10 +162,11 @@ class Materializer:
                 result.invalid.clear()
                 if batch.staged:  # find the culprits event by event
                     batch = self._decode(records, columnar=False)
+                    result.skipped = batch.skipped
                 bad = self._bisect(cur, records, batch.changes, stamp)
                 good = [c for c in batch.changes if c.index not in bad]
-                self._commit(cur, records, Decoded(good, batch.rejects + list(bad.values()), {}), next_offsets,
-                             stamp, result, also)
+                self._commit(cur, records, Decoded(good, batch.rejects + list(bad.values()), {}, batch.skipped),
+                             next_offsets, stamp, result, also)
         if self.resend:
             self.resend = remaining(self.resend, next_offsets)
         return result
