@@ -18,7 +18,8 @@ import pytest
 
 from cdc import CdcError, ColumnType, decode, parse_column_type
 from cdc.columnar import Columns, decode_columns
-from tests.test_decode import FIELDS, TOPIC, b64_unscaled, envelope, key, micros
+from cdc.decode import check_keys
+from tests.test_decode import FIELDS, TOPIC, b64_unscaled, envelope, key, logical, micros, struct, wrap
 
 MALTA = ZoneInfo("Europe/Malta")
 TABLE = "public.players"
@@ -180,8 +181,6 @@ def test_a_timestamp_typed_column_stays_as_python_would_read_it() -> None:
 
 
 def _date_key(wire: Any) -> bytes:
-    from tests.test_decode import logical, struct, wrap
-
     return wrap(struct("spacevegas.public.players.Key", {"day": logical("io.debezium.time.Date", "int32")}),
                 {"day": wire})
 
@@ -197,8 +196,6 @@ KEYS: dict[str, bytes | str | None] = {
 
 @pytest.mark.parametrize("name", KEYS)
 def test_check_keys_accepts_exactly_what_decode_accepts(name: str) -> None:
-    from cdc.decode import check_keys
-
     k = KEYS[name]
     value = envelope("c", None, {"id": 7}, schema=False)
     try:
