@@ -179,12 +179,9 @@ class Consumer:
 
     def discover(self) -> None:
         """Assign every partition of the mapped topics that exists now; seek new ones."""
+        first = self._discovered_at == 0.0
         self._discovered_at = time.monotonic()
-        # One metadata request for all topics: partitions_for_topic() on a topic that does
-        # not exist yet makes a blocking request of its own (~0.1 s on tansu), which with the
-        # reference mapping (12 topics, most not created until their table changes) stalled
-        # the consumer ~1.2 s at every rediscovery (bench/ingest.py, py-spy).
-        existing = self.client.topics()
+        existing = self._existing_topics(first)
         wanted: set[TopicPartition] = set()
         for topic in self.topics:
             if topic not in existing:
@@ -208,6 +205,23 @@ class Consumer:
         if held:
             self._commit_to_group(held)
         log.info("assigned", extra={"partitions": len(wanted), "new": sorted(f"{t.topic}[{t.partition}]" for t in new)})
+
+    def _existing_topics(self, first: bool) -> set[str]:
+        """The topics the broker has, from one metadata request for all of them:
+        partitions_for_topic() on a topic that does not exist yet makes a blocking request
+        of its own, which with the reference mapping (12 topics, most not created until
+        their table changes) stalled the consumer ~1.2 s at every rediscovery.
+
+        The first time, the metadata the client fetched as it connected (all topics,
+        moments ago) is used as it is: asking again waits out kafka-python's metadata
+        refresh backoff, a fixed 100 ms in 3.0 (its ``retry_backoff_ms`` setting does not
+        reach the metadata), which was a tenth of every start (bench/ingest.py)."""
+        if first:
+            cluster = getattr(self.client, "_cluster", None)  # kafka-python's own metadata cache
+            known = cluster.topics() if cluster is not None else None
+            if known:
+                return set(known)
+        return set(self.client.topics())
 
     def _seek(self, tp: TopicPartition, offset: int | None) -> None:
         """Position ``tp`` at ``offset``, or at its beginning when None."""

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 
 from cdc.consumer import BatchPolicy, Consumer, Offsets, kafka_consumer
 from cdc.records import Record
@@ -108,6 +108,24 @@ def test_a_restart_resumes_exactly_at_the_stored_offsets(line_stack: LocalStack)
     for r in rest.stored:
         got.setdefault(r.partition, []).append(r.offset)
     assert got == {p: list(range(end // 2, end)) for p, end in ends.items() if end // 2 < end}
+
+
+def test_discovery_assigns_every_existing_mapped_topic_first_from_the_connect_metadata(line_stack: LocalStack) -> None:
+    # The first discovery reads the metadata the client fetched as it connected; a
+    # later one asks the broker, so a topic created meanwhile is picked up.
+    topics = [f"consumer-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for topic in topics[:2]:
+        produce(line_stack.bootstrap, topic, 4)
+    client = kafka_consumer(line_stack.bootstrap, f"test-{uuid.uuid4().hex[:6]}")
+    try:
+        consumer = Consumer(client, topics, {}, lambda records, offsets: None)
+        consumer.discover()
+        assert consumer.assigned == {TopicPartition(t, p) for t in topics[:2] for p in client.partitions_for_topic(t)}
+        produce(line_stack.bootstrap, topics[2], 4)
+        consumer.discover()
+        assert {tp.topic for tp in consumer.assigned} == set(topics)
+    finally:
+        client.close()
 
 
 def test_status_says_what_fails(line_stack: LocalStack) -> None:
