@@ -121,6 +121,8 @@ class Materializer:
         self.max_event_bytes = max_event_bytes
         ensure_schema(store)  # the casino actions table, when the mapping has one
         vocab_tables()  # built now (~70 ms), not in the first batch
+        for topic in self.mapping.topics:
+            self.mapping.columns(topic)  # parsed now too (~17 ms through DuckDB's parser)
         self._raw_types: dict[tuple[str, str], list[str]] = {}  # see _map_feed
         # `feedstore replay --resend`: rows touched by events below these offsets are
         # re-stamped even when unchanged (materializer/replay.py); shrinks as batches pass.
