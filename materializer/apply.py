@@ -520,12 +520,13 @@ def _replace_changed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, values: di
     stored = f"(SELECT {', '.join(q(k) for k in feed.key)}, {POS}, {HASH} FROM {t})" if new_rows else t
     join = "LEFT JOIN" if new_rows else "JOIN"
     fresh = f"f.{q(feed.key[0])} IS NULL OR " if new_rows else ""
-    cur.execute(
+    # CREATE TABLE AS answers its row count: no count(*) statement after it.
+    n: int = scalar(
+        cur,
         "CREATE OR REPLACE TEMP TABLE fs_changed AS SELECT "
         + ", ".join(f"{values[f.name]} AS {q(f.name)}" for f in cols)
         + f", m.{_POS} AS {POS}, {content} AS {HASH} FROM {source} {join} {stored} f ON {on} "
         f"WHERE {fresh}(m.{_POS} >= f.{POS} AND {content} IS DISTINCT FROM f.{HASH})")
-    n: int = scalar(cur, "SELECT count(*) FROM fs_changed")
     if n:
         match = " AND ".join(f"{t}.{q(k)} = c.{q(k)}" for k in feed.key)
         cur.execute(f"DELETE FROM {t} USING fs_changed c WHERE {match}")

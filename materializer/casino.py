@@ -200,7 +200,8 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
     # no harm), the newest valid event per key, and what each key's row becomes.
     _fetch(cur, "fs_cas_old", "kh", "fs_cas_m", "action_key")
     _count_invalid(cur, am, stamp, invalid)
-    cur.execute(
+    moved = scalar(  # CREATE TABLE AS answers its row count
+        cur,
         "CREATE OR REPLACE TEMP TABLE fs_cas_new AS "
         f"WITH latest AS (SELECT * FROM fs_cas_m WHERE {_I} IN (SELECT arg_max({_I}, ({_POS}::HUGEINT << 32) + {_I}) "
         f"FROM fs_cas_m WHERE __fs_missing IS NULL {ops} GROUP BY action_key)), old AS (SELECT * FROM fs_cas_old) "
@@ -212,7 +213,6 @@ def apply_actions(cur: duckdb.DuckDBPyConnection, am: ActionsMapping, stamp: dat
         "FROM latest m JOIN old o ON o.action_key = m.action_key "
         f"WHERE m.{_OP} = 'd' AND m.{_POS} >= o.{POS} AND NOT o.deleted",
         {"stamp": stamp})
-    moved = scalar(cur, "SELECT count(*) FROM fs_cas_new")
     if moved:
         # Delete and re-append rather than update in place: the table stays in stamp
         # order, so a window's scan of the stamp column skips old row groups.
@@ -286,7 +286,8 @@ def _update_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed) -> int:
     # Every other change of a stored action, and new actions not later than all their
     # session had (_fs_pos of a session row: the latest position among its live
     # actions; NULL when it has none), make the session's row be recomputed.
-    cur.execute(
+    redo = scalar(  # CREATE TABLE AS answers its row count
+        cur,
         "CREATE OR REPLACE TEMP TABLE fs_cas_redo AS SELECT session_id, hash(session_id) AS sh FROM ("
         "SELECT session_id FROM fs_cas_new WHERE __fs_rid IS NOT NULL "
         "AND __fs_rid NOT IN (SELECT __fs_rid FROM fs_cas_inplace) UNION "
@@ -315,7 +316,7 @@ def _update_sessions(cur: duckdb.DuckDBPyConnection, feed: Feed) -> int:
                               "WHERE session_id NOT IN (SELECT session_id FROM fs_cas_state)"))
     written += int(scalar(cur, "SELECT count(*) FROM fs_cas_delta WHERE session_id IN "
                                "(SELECT session_id FROM fs_cas_state)"))
-    if scalar(cur, "SELECT count(*) FROM fs_cas_redo"):
+    if redo:
         written += refresh_sessions(cur, feed, "fs_cas_redo", state="fs_cas_state")
     return written
 
