@@ -316,9 +316,10 @@ def check_keys(topic: str, keys: Iterable[bytes | None], *, types: Mapping[str, 
 
     A key whose columns need no converting can only fail by not being JSON, so for
     those one parse says it (~0.3 µs instead of ~3 µs of decoding); any other key is
-    decoded in full.
+    decoded in full. Each distinct key is checked once: a batch repeats the keys of
+    busy rows (20,000 users events of bench/ingest.py carry 10,950 keys).
     """
-    for key in keys:
+    for key in dict.fromkeys(keys):
         if key is not None and not _json_only_key(key, topic, types, zone):
             _decode_key(key, topic, types, zone)  # learns a new schema, or says what is wrong
 

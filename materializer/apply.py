@@ -236,8 +236,7 @@ class Materializer:
         if cols is None:
             return None
         try:
-            # Each distinct key once: a batch repeats the keys of busy rows (half of them in bench/ingest.py).
-            check_keys(topic, dict.fromkeys(records[i].key for i in indexes), types=table.types, zone=table.zone)
+            check_keys(topic, (records[i].key for i in indexes), types=table.types, zone=table.zone)
         except DecodeError:
             return None  # the per-event path quarantines the event with the bad key
         return _staged(cols, indexes, wanted)
