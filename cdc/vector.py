@@ -2,7 +2,7 @@
 
 Converting dates and timestamps value by value cost ~3 µs of GIL-holding Python per
 event on the reference ``users`` table, more than parsing the JSON. The columns here
-give exactly what the per-value converter gives (``tests/test_columnar.py`` holds
+give exactly what the per-value converter gives (``tests/test_vector.py`` holds
 them to it, DST gaps and folds and saturation included), or None when they cannot
 say, and the caller then converts value by value as before.
 

@@ -485,7 +485,6 @@ def _map_feed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, stamp: datetime, 
         return (f"(SELECT * FROM fs_mapped WHERE {_I} IN (SELECT arg_max({_I}, ({_POS}, {_I})) FROM fs_mapped "
                 f"WHERE {where} GROUP BY {key})) m")
 
-
     # Upserts first (the newest valid non-delete event per key), then deletes, so an
     # insert and a delete of one key in the same batch end as the delete policy says.
     n = _replace_changed(

@@ -179,7 +179,6 @@ def test_a_timestamp_typed_column_stays_as_python_would_read_it() -> None:
     assert cols is not None and cols.values["username"].to_pylist() == ["2024-01-01T10:00:00"] * 70
 
 
-
 def _date_key(wire: Any) -> bytes:
     return wrap(struct("spacevegas.public.players.Key", {"day": logical("io.debezium.time.Date", "int32")}),
                 {"day": wire})
