@@ -347,9 +347,7 @@ class Consumer:
                     self._deliver(batch)
         finally:
             self.stopping.set()
-            for cond in (self._room, self._handoff):
-                with cond:
-                    cond.notify_all()
+            self._wake()
             for t in threads:
                 t.join(30)
             if not threads[0].is_alive():
@@ -490,9 +488,7 @@ class Consumer:
         """
         done: Future[Offsets] = Future()
         self._seeks.put((dict(offsets), before, done))
-        for cond in (self._room, self._handoff):
-            with cond:
-                cond.notify_all()  # a batch being gathered ends now; the storing thread looks
+        self._wake()  # a batch being gathered ends now; the storing thread looks
         return done
 
     def _take_seeks(self) -> None:
@@ -531,5 +527,10 @@ class Consumer:
 
     def stop(self) -> None:
         self.stopping.set()
-        with self._room:
-            self._room.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake every thread that waits for chunks or a prepared batch, to look at seeks and stop."""
+        for cond in (self._room, self._handoff):
+            with cond:
+                cond.notify_all()
