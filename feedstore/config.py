@@ -26,7 +26,7 @@ class Settings:
     group_id: str = "feedstore"
     bind: str = "127.0.0.1:8000"
     threads: int = 8
-    duckdb_threads: int = 0  # DuckDB's worker threads; 0: DuckDB's default, one per core
+    duckdb_threads: int = 0  # DuckDB's threads; 0: one per row group of the largest table, up to one per core
     batch_max_events: int = 20_000
     batch_max_wait_ms: int = 100
     barrier_timeout_s: float = 2.0
