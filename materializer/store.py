@@ -182,7 +182,10 @@ class Store:
         with self._write_lock, self.cursor() as cur:
             yield cur
             if not self.threads and time.monotonic() - self._fitted_at >= FIT_EVERY_S:
-                self._fit_threads(cur)
+                try:
+                    self._fit_threads(cur)
+                except duckdb.Error as ex:  # a tuning step: the batch is stored, so it must not fail it
+                    log.warning("fitting duckdb threads failed", extra={"error": str(ex)})
 
     def fit_threads(self) -> int:
         """Fit DuckDB's threads to the tables now (auto mode; the writer does it every
