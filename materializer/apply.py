@@ -511,6 +511,11 @@ def _replace_changed(cur: duckdb.DuckDBPyConnection, fm: FeedMapping, values: di
     (decision 3). Comparing hashes reads three narrow columns of the stored table
     instead of all of them; the unique key is kept by deleting the changed keys and
     inserting their new versions, which DuckDB does at bulk speed (no ART index).
+    The new versions land at the table's tail, so a recent window's rows share a few row
+    groups and DuckDB's zone maps skip the rest: updating rows in place (MERGE INTO) kept
+    the content the same but, with the changed keys spread over a 10M-row table, applied
+    ~4x slower and made a last-minute pull ~60x slower, every row group now reaching
+    into the newest stamps.
     """
     feed, t = fm.feed, table_name(fm.feed)
     cols = [f for f in feed.fields if f.name != feed.stamp]
