@@ -191,18 +191,20 @@ class Store:
         """Fit DuckDB's threads to the tables now (auto mode; the writer does it every
         FIT_EVERY_S) and return how many it runs."""
         with self.writer() as cur:
-            self._fit_threads(cur)
-            return int(scalar(cur, "SELECT current_setting('threads')"))
+            return self._fit_threads(cur)
 
-    def _fit_threads(self, cur: duckdb.DuckDBPyConnection) -> None:
+    def _fit_threads(self, cur: duckdb.DuckDBPyConnection) -> int:
+        """The fit itself; returns the threads DuckDB runs now."""
+        now = int(scalar(cur, "SELECT current_setting('threads')"))
         if self.threads:
-            return
+            return now  # as configured when the file was opened
         self._fitted_at = time.monotonic()
         rows = int(scalar(cur, "SELECT coalesce(max(estimated_size), 0) FROM duckdb_tables() WHERE NOT temporary"))
         want = threads_for(rows, self._ceiling)
-        if want != int(scalar(cur, "SELECT current_setting('threads')")):
+        if want != now:
             cur.execute(f"SET threads = {want}")
             log.info("duckdb threads fitted to the store", extra={"threads": want, "largest_table_rows": rows})
+        return want
 
     def close_window(self, end: datetime, timeout: float) -> bool:
         """Make ``[.., end)`` final before it is served (decision 2); False on timeout.
