@@ -40,6 +40,18 @@ _PROBES = [timedelta(microseconds=m) for m in (0, _HOUR // 4, _HOUR // 2, 3 * _H
 _LONG = 2**63
 
 
+def _i64(v: int) -> pa.Scalar:
+    return pa.scalar(v, pa.int64())
+
+
+# Arrow scalars, not Python ints: see cdc.columnar.DELETE (a few dozen calls a batch).
+_S_DAYS = (_i64(_DAYS[0]), _i64(_DAYS[1]))
+_S_MIN_US, _S_MAX_US = _i64(_MIN_US), _i64(_MAX_US)
+_S_INNER = (_i64(_MIN_US + _MARGIN), _i64(_MAX_US - _MARGIN))
+_S_LONG = (_i64(-_LONG), _i64(_LONG - 1))
+_S_ZERO, _S_ONE = _i64(0), _i64(1)
+
+
 def vector(conv: Converter) -> VectorConverter | None:
     """The whole-column form of ``conv``, if it has one."""
     if conv is days_to_date:
@@ -57,7 +69,7 @@ def _dates(col: pa.Array) -> pa.Array | None:
     """Days since 1970 -> date32, saturating to date.min/max as ``days_to_date`` does."""
     if col.type != pa.int64():
         return None
-    days = pc.max_element_wise(pc.min_element_wise(col, _DAYS[1], skip_nulls=False), _DAYS[0], skip_nulls=False)
+    days = pc.max_element_wise(pc.min_element_wise(col, _S_DAYS[1], skip_nulls=False), _S_DAYS[0], skip_nulls=False)
     return days.cast(pa.int32()).cast(pa.date32())
 
 
@@ -67,23 +79,23 @@ def _timestamps(col: pa.Array, unit: str, zone: tzinfo | None) -> pa.Array | Non
         return None
     if unit == "ns":
         # The converter drops sub-µs digits (floor) and saturates Java's Long.MIN/MAX.
-        edge = pc.or_(pc.equal(col, -_LONG), pc.equal(col, _LONG - 1))
+        edge = pc.or_(pc.equal(col, _S_LONG[0]), pc.equal(col, _S_LONG[1]))
         us = _floor_div(col, 1000)
-        us = pc.if_else(edge, pc.if_else(pc.greater(col, 0), _MAX_US, _MIN_US), us)
+        us = pc.if_else(edge, pc.if_else(pc.greater(col, _S_ZERO), _S_MAX_US, _S_MIN_US), us)
     else:
         factor = 1000 if unit == "ms" else 1
-        lo, hi = -(-_MIN_US // factor), _MAX_US // factor
+        lo, hi = _i64(-(-_MIN_US // factor)), _i64(_MAX_US // factor)
         inside = pc.multiply(pc.max_element_wise(pc.min_element_wise(col, hi, skip_nulls=False), lo,
-                                                 skip_nulls=False), factor)
-        us = pc.if_else(pc.greater(col, hi), _MAX_US, pc.if_else(pc.less(col, lo), _MIN_US, inside))
+                                                 skip_nulls=False), _i64(factor))
+        us = pc.if_else(pc.greater(col, hi), _S_MAX_US, pc.if_else(pc.less(col, lo), _S_MIN_US, inside))
     if zone is None:
         return us.cast(pa.timestamp("us"))
     return _in_zone(col, us, unit, zone)
 
 
 def _in_zone(col: pa.Array, us: pa.Array, unit: str, zone: tzinfo) -> pa.Array:
-    inner = pc.and_(pc.greater(us, _MIN_US + _MARGIN), pc.less(us, _MAX_US - _MARGIN))
-    hours = _floor_div(pc.if_else(inner, us, None), _HOUR)
+    inner = pc.and_(pc.greater(us, _S_INNER[0]), pc.less(us, _S_INNER[1]))
+    hours = _floor_div(pc.if_else(inner, us, pa.scalar(None, pa.int64())), _HOUR)
     uniq = pc.drop_null(pc.unique(hours))
     offsets = pa.array([_hour_offset(h, zone) for h in uniq.to_pylist()], pa.int64())
     offset = pc.take(offsets, pc.index_in(hours, value_set=uniq))
@@ -109,8 +121,9 @@ def _hour_offset(hour: int, zone: tzinfo) -> int | None:
 
 def _floor_div(col: pa.Array, n: int) -> pa.Array:
     """Integer division rounding down (Arrow's rounds toward zero)."""
-    q = pc.divide(col, n)
-    return pc.if_else(pc.greater(pc.multiply(q, n), col), pc.subtract(q, 1), q)
+    d = _i64(n)
+    q = pc.divide(col, d)
+    return pc.if_else(pc.greater(pc.multiply(q, d), col), pc.subtract(q, _S_ONE), q)
 
 
 __all__ = ["VectorConverter", "vector"]
