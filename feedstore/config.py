@@ -28,7 +28,7 @@ class Settings:
     threads: int = 8
     duckdb_threads: int = 0  # DuckDB's threads; 0: one per row group of the largest table, up to one per core
     batch_max_events: int = 20_000
-    batch_max_wait_ms: int = 100
+    batch_max_wait_ms: int = 150  # why 150: cdc.consumer.BatchPolicy.max_wait_ms
     barrier_timeout_s: float = 2.0
     max_event_bytes: int = 1024 * 1024  # larger Kafka values are quarantined (docs/guarantees.md)
     log_level: str = "INFO"
