@@ -43,7 +43,7 @@ MIN_EVENTS = 64
 _ROW_OPS = pa.array(["c", "u", "r", "d"])
 # Arrow scalars, not Python values: pyarrow converting a bare Python value looks for
 # dateutil on every call (an import that fails when it is not installed), ~40 µs each.
-DELETE = pa.scalar("d", pa.string())
+_DELETE = pa.scalar("d", pa.string())
 _READ = pj.ReadOptions(use_threads=True, block_size=1 << 20)
 _MAX_BLOCK = 1 << 30  # the reader's blocks are int32-sized; a batch this big decodes per event
 
@@ -56,6 +56,7 @@ class Columns:
     positions: pa.Array  # int64: the source LSN, else the Kafka offset (as cdc.decode's position)
     values: dict[str, pa.Array]  # wanted column -> the after image's value, the before image's for deletes
     seen: frozenset[str]  # wanted columns that some non-delete event carried
+    deletes: bool  # some event is a delete (counted while decoding; the stage needs it)
 
 
 def decode_columns(topic: str, table: str, values: Sequence[bytes], offsets: Sequence[int], *,
@@ -142,8 +143,9 @@ def _columns(data: pa.Table, table: str, offsets: Sequence[int], wanted: frozens
     schema_name, _, table_name = table.partition(".")
     for field, want in (("schema", schema_name), ("table", table_name)):
         got = _field(source, field)
-        same = pc.equal(got, pa.scalar(want, pa.string())) if got is not None and got.type == pa.string() else None
-        if same is None or not pc.all(pc.fill_null(same, False)).as_py():
+        if got is None or got.type != pa.string():
+            return None
+        if not pc.all(pc.fill_null(pc.equal(got, pa.scalar(want, pa.string())), False)).as_py():
             return None
     lsn = _field(source, "lsn")
     off = pa.array(offsets, pa.int64())
@@ -151,7 +153,7 @@ def _columns(data: pa.Table, table: str, offsets: Sequence[int], wanted: frozens
 
     after = _image(data, "after")
     before = _image(data, "before")
-    deletes = pc.equal(ops, DELETE)
+    deletes = pc.equal(ops, _DELETE)
     deleted = pc.sum(deletes).as_py() or 0
     any_delete, has_upserts = deleted > 0, deleted < len(ops)
     if has_upserts and (after is None or pc.any(pc.and_(pc.invert(deletes), after.is_null())).as_py()):
@@ -173,7 +175,7 @@ def _columns(data: pa.Table, table: str, offsets: Sequence[int], wanted: frozens
     # As the per-event path: with no upsert in the batch, no column counts as missing.
     seen = frozenset(n for n in wanted if after is not None and after.type.get_field_index(n) >= 0) \
         if has_upserts else wanted
-    return Columns(ops, positions, out, seen)
+    return Columns(ops, positions, out, seen, any_delete)
 
 
 def _image(data: pa.Table, name: str) -> pa.StructArray | None:
@@ -284,4 +286,4 @@ def _as_string(t: pa.DataType) -> pa.DataType:
     return t
 
 
-__all__ = ["DELETE", "MIN_EVENTS", "Columns", "decode_columns"]
+__all__ = ["MIN_EVENTS", "Columns", "decode_columns"]

@@ -44,7 +44,7 @@ def _i64(v: int) -> pa.Scalar:
     return pa.scalar(v, pa.int64())
 
 
-# Arrow scalars, not Python ints: see cdc.columnar.DELETE (a few dozen calls a batch).
+# Arrow scalars, not Python ints: see cdc.columnar._DELETE (a few dozen calls a batch).
 _S_DAYS = (_i64(_DAYS[0]), _i64(_DAYS[1]))
 _S_MIN_US, _S_MAX_US = _i64(_MIN_US), _i64(_MAX_US)
 _S_INNER = (_i64(_MIN_US + _MARGIN), _i64(_MAX_US - _MARGIN))

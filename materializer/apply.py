@@ -37,9 +37,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from cdc.columnar import DELETE, MIN_EVENTS, Columns, decode_columns
+from cdc.columnar import MIN_EVENTS, Columns, decode_columns
 from cdc.decode import Change, DecodeError, check_keys, decode
 from cdc.records import Record
 from materializer import StoreError
@@ -389,8 +388,7 @@ def _staged(cols: Columns, indexes: list[int], wanted: frozenset[str]) -> _Stage
     data[_I] = pa.array(indexes, pa.int64())
     data[_OP] = cols.ops
     data[_POS] = cols.positions
-    deletes = bool(pc.any(pc.equal(cols.ops, DELETE)).as_py())
-    return _Staged(_fit_decimals(pa.table(data)), frozenset(wanted - cols.seen), deletes)
+    return _Staged(_fit_decimals(pa.table(data)), frozenset(wanted - cols.seen), cols.deletes)
 
 
 def _fit_decimals(table: pa.Table) -> pa.Table:
